@@ -1,0 +1,219 @@
+"""Build the control-plane binaries from the official Go modules, once, and cache them.
+
+The Kubernetes version is pinned in exactly one place: the ``require k8s.io/kubernetes`` line of
+``tests/harness/gomod/go.mod``. Binaries land in
+``~/.cache/readiness-gate-sidecar/k8s-<version>-<go version>-<go.sum digest>/``, so a version
+bump, a Go upgrade or a dependency change builds afresh and everything else starts in seconds.
+
+Run ``python -m tests.harness.binaries`` to build ahead of time with visible progress.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+GOMOD_DIR = Path(__file__).resolve().parent / "gomod"
+HELM_GOMOD_DIR = Path(__file__).resolve().parent / "helmmod"
+# Go 1.27 built a kube-apiserver that served broken OpenAPI; refuse it rather than debug that again.
+REQUIRED_GO_MINOR = "go1.26"
+
+# (binary, Go package, typical cold build minutes on 2 cores)
+K8S_TOOLS: tuple[tuple[str, str, float], ...] = (
+    ("kube-apiserver", "k8s.io/kubernetes/cmd/kube-apiserver", 7.5),
+    ("kube-controller-manager", "k8s.io/kubernetes/cmd/kube-controller-manager", 1.5),
+    ("kubemark", "k8s.io/kubernetes/cmd/kubemark", 1.5),
+    ("kubectl", "k8s.io/kubernetes/cmd/kubectl", 1.0),
+    ("etcd", "go.etcd.io/etcd/server/v3", 1.0),
+)
+HELM_TOOLS: tuple[tuple[str, str, float], ...] = (("helm", "helm.sh/helm/v3/cmd/helm", 2.0),)
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Binaries:
+    version: str
+    directory: Path
+
+    def path(self, name: str) -> Path:
+        return self.directory / name
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "readiness-gate-sidecar"
+
+
+def module_version(gomod_dir: Path, module: str) -> str:
+    text = (gomod_dir / "go.mod").read_text()
+    match = re.search(rf"^\s*(?:require\s+)?{re.escape(module)}\s+(v\S+)", text, re.MULTILINE)
+    if not match:
+        raise BuildError(f"{gomod_dir / 'go.mod'} does not require {module}")
+    return match.group(1)
+
+
+def kubernetes_version() -> str:
+    return module_version(GOMOD_DIR, "k8s.io/kubernetes")
+
+
+def go_version() -> str:
+    go = shutil.which("go")
+    if go is None:
+        raise BuildError("the Go toolchain is not installed (need Go 1.26.x on PATH)")
+    out = subprocess.run([go, "env", "GOVERSION"], capture_output=True, text=True, check=True)
+    version = out.stdout.strip()
+    if not (version == REQUIRED_GO_MINOR or version.startswith(REQUIRED_GO_MINOR + ".")):
+        raise BuildError(
+            f"found {version}, need {REQUIRED_GO_MINOR}.x: a kube-apiserver built with Go 1.27 "
+            "serves broken OpenAPI (kubectl apply fails). Install Go 1.26 or unset GOTOOLCHAIN."
+        )
+    return version
+
+
+def _cache_key(gomod_dir: Path, prefix: str, version: str, go: str) -> str:
+    digest = hashlib.sha256()
+    for name in ("go.mod", "go.sum"):
+        digest.update((gomod_dir / name).read_bytes())
+    return f"{prefix}-{version}-{go}-{digest.hexdigest()[:12]}"
+
+
+def ensure_kubernetes(out: TextIO = sys.stderr) -> Binaries:
+    """The control plane binaries for the pinned version, building whatever is missing."""
+    version = kubernetes_version()
+    return _ensure(GOMOD_DIR, "k8s", version, K8S_TOOLS, out, ldflags=_version_ldflags(version))
+
+
+def ensure_helm(out: TextIO = sys.stderr) -> Binaries:
+    version = module_version(HELM_GOMOD_DIR, "helm.sh/helm/v3")
+    flags = f"-s -w -X helm.sh/helm/v3/internal/version.version={version}"
+    return _ensure(HELM_GOMOD_DIR, "helm", version, HELM_TOOLS, out, ldflags=flags)
+
+
+def _version_ldflags(version: str) -> str:
+    major, minor = version.removeprefix("v").split(".")[:2]
+    pkgs = ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
+    flags = ["-s", "-w"]
+    for pkg in pkgs:
+        flags += [
+            f"-X {pkg}.gitVersion={version}",
+            f"-X {pkg}.gitMajor={major}",
+            f"-X {pkg}.gitMinor={minor}",
+            f"-X {pkg}.gitTreeState=clean",
+        ]
+    return " ".join(flags)
+
+
+def _ensure(
+    gomod_dir: Path,
+    prefix: str,
+    version: str,
+    tools: tuple[tuple[str, str, float], ...],
+    out: TextIO,
+    *,
+    ldflags: str,
+) -> Binaries:
+    go = go_version()
+    directory = cache_root() / _cache_key(gomod_dir, prefix, version, go)
+    binaries = Binaries(version=version, directory=directory)
+    if all(binaries.path(name).is_file() for name, _, _ in tools):
+        return binaries
+    directory.mkdir(parents=True, exist_ok=True)
+    with _exclusive(directory / ".lock"):
+        missing = [tool for tool in tools if not binaries.path(tool[0]).is_file()]
+        if missing:
+            _build(gomod_dir, missing, directory, out=out, ldflags=ldflags)
+    return binaries
+
+
+@contextlib.contextmanager
+def _exclusive(lock: Path) -> Iterator[None]:
+    with lock.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build(
+    gomod_dir: Path,
+    tools: list[tuple[str, str, float]],
+    directory: Path,
+    *,
+    out: TextIO,
+    ldflags: str,
+) -> None:
+    """One ``go build`` for all missing binaries: shared packages compile once, in parallel."""
+    names = ", ".join(name for name, _, _ in tools)
+    minutes = sum(m for _, _, m in tools)
+    print(
+        f"[control plane] building {names} from the Go module proxy; a cold build takes up to "
+        f"~{minutes:g} min on 2 cores (later runs reuse ~/.cache)",
+        file=out,
+        flush=True,
+    )
+    staging = Path(tempfile.mkdtemp(prefix=".build-", dir=directory))
+    packages = [package for _, package, _ in tools]
+    command = ["go", "build", "-trimpath", f"-ldflags={ldflags}", "-o", f"{staging}/", *packages]
+    env = {**os.environ, "GOFLAGS": "-mod=readonly -buildvcs=false", "GOTOOLCHAIN": "local"}
+    started = time.monotonic()
+    done = threading.Event()
+    ticker = threading.Thread(target=_progress, args=(names, started, done, out), daemon=True)
+    ticker.start()
+    try:
+        result = subprocess.run(
+            command, cwd=gomod_dir, env=env, capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0:
+            raise BuildError(f"go build failed:\n{result.stderr[-4000:]}")
+        for name, package, _ in tools:
+            built = staging / _output_name(package)
+            built.replace(directory / name)
+    finally:
+        done.set()
+        ticker.join()
+        shutil.rmtree(staging, ignore_errors=True)
+    elapsed = time.monotonic() - started
+    print(f"[control plane] built {names} in {elapsed:.0f} s", file=out, flush=True)
+
+
+def _output_name(package: str) -> str:
+    """The file name ``go build -o dir/`` gives a main package (a trailing /vN is skipped)."""
+    parts = package.split("/")
+    return parts[-2] if re.fullmatch(r"v\d+", parts[-1]) else parts[-1]
+
+
+def _progress(names: str, started: float, done: threading.Event, out: TextIO) -> None:
+    while not done.wait(30):
+        elapsed = time.monotonic() - started
+        print(f"[control plane] still building {names}: {elapsed:.0f} s", file=out, flush=True)
+
+
+def main() -> None:
+    started = time.monotonic()
+    k8s = ensure_kubernetes()
+    print(f"[control plane] Kubernetes {k8s.version} binaries in {k8s.directory}", file=sys.stderr)
+    if "--with-helm" in sys.argv[1:]:
+        helm = ensure_helm()
+        print(f"[control plane] helm {helm.version} in {helm.directory}", file=sys.stderr)
+    print(f"[control plane] ready after {time.monotonic() - started:.1f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
