@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.harness.agent import AgentProcess, agent_env, bound_token_dir
 from tests.harness.cluster import ControlPlane
 from tests.harness.kube import KubeClient
-from tests.harness.workloads import create_namespace, delete_namespace
+from tests.harness.workloads import (
+    AGENT_SA,
+    PodRef,
+    create_agent_rbac,
+    create_namespace,
+    create_pod,
+    delete_namespace,
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -41,3 +51,42 @@ def namespace(control_plane: ControlPlane) -> Iterator[str]:
     name = create_namespace(control_plane)
     yield name
     delete_namespace(control_plane, name)
+
+
+@pytest.fixture
+def agent_rbac(admin: KubeClient, namespace: str) -> str:
+    """The agent's ServiceAccount with its namespaced Role; returns the ServiceAccount name."""
+    create_agent_rbac(admin, namespace)
+    return AGENT_SA
+
+
+@pytest.fixture
+def make_pod(admin: KubeClient, namespace: str, agent_rbac: str) -> Callable[..., PodRef]:
+    """Create a Pod with readiness gates on the hollow node, running as the agent's account."""
+
+    def make(**kwargs: Any) -> PodRef:
+        kwargs.setdefault("service_account", agent_rbac)
+        return create_pod(admin, namespace, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def start_agent(
+    control_plane: ControlPlane, tmp_path: Path
+) -> Iterator[Callable[..., AgentProcess]]:
+    """Start the agent as a subprocess for a Pod, with that Pod's bound token and environment."""
+    started: list[AgentProcess] = []
+
+    def start(pod: PodRef | None, *, token: bool = True, **env: str) -> AgentProcess:
+        token_dir = None
+        if pod is not None and token:
+            token_dir = bound_token_dir(control_plane, pod, tmp_path / f"sa-{len(started)}").path
+        agent = AgentProcess(agent_env(pod, token_dir, env))
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        if agent.returncode is None:
+            agent.kill()

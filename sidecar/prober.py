@@ -1,0 +1,149 @@
+"""When to check: one worker per check, with kubelet probe timing.
+
+The first probe runs right after the initial delay; the second after a random fraction of the
+period (so checks, and agents on the same node, do not probe in lockstep); then one per period.
+Event-driven checks also probe as soon as their ``wakeups()`` fire. A probe triggered by an event
+counts towards the thresholds only when it brings new evidence (a different ``(ok, detail)``), so a
+busy log file cannot satisfy a success threshold of 3 within a millisecond.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+
+import structlog
+
+from sidecar.checks.base import Check
+from sidecar.clock import Clock
+from sidecar.metrics import Metrics
+from sidecar.model import CheckResult
+from sidecar.results import CheckState, Results, Threshold
+
+_STATE_VALUE = {CheckState.READY: 1, CheckState.NOT_READY: 0, CheckState.PENDING: -1}
+
+
+class Worker:
+    def __init__(
+        self,
+        check: Check,
+        results: Results,
+        *,
+        clock: Clock,
+        rng: random.Random,
+        metrics: Metrics,
+    ) -> None:
+        self.check = check
+        self.spec = check.spec
+        self._results = results
+        self._clock = clock
+        self._rng = rng
+        self._metrics = metrics
+        self._threshold = Threshold(
+            self.spec.timing.success_threshold, self.spec.timing.failure_threshold
+        )
+        self._last: CheckResult | None = None
+        self._wake = asyncio.Event()
+        self._log = structlog.get_logger().bind(check=self.spec.id, kind=str(self.spec.kind))
+        self.started_at = clock.monotonic()
+        self.last_probe_at: float | None = None
+
+    def overdue(self, now: float) -> bool:
+        """True when this worker has stopped probing (for /healthz)."""
+        timing = self.spec.timing
+        allowance = 2 * (timing.period + timing.timeout) + 5
+        reference = self.last_probe_at or self.started_at + timing.initial_delay
+        return now - reference > allowance
+
+    async def run(self) -> None:
+        self._metrics.check_ready.labels(self.spec.id, self.spec.kind).set(-1)
+        wakeups = self.check.wakeups()
+        async with asyncio.TaskGroup() as group:
+            if wakeups is not None:
+                group.create_task(self._pump(wakeups), name=f"wakeups-{self.spec.id}")
+            await self._loop()
+
+    async def _pump(self, wakeups: AsyncIterator[None]) -> None:
+        async for _ in wakeups:
+            self._wake.set()
+
+    async def _loop(self) -> None:
+        timing = self.spec.timing
+        if timing.initial_delay > 0:
+            await self._clock.sleep(timing.initial_delay)
+        self._wake.clear()
+        due = self._clock.monotonic()
+        first = True
+        while True:
+            by_event = await self._wait(due)
+            result = await self.probe_once()
+            self._record(result, by_event=by_event)
+            if by_event:
+                continue
+            due += self._rng.uniform(0, timing.period) if first else timing.period
+            first = False
+            # a slow probe must not cause a burst of catch-up probes
+            due = max(due, self._clock.monotonic())
+
+    async def _wait(self, due: float) -> bool:
+        """Sleep until ``due``; return True if an event woke us first."""
+        if self._wake.is_set():
+            self._wake.clear()
+            return True
+        delay = due - self._clock.monotonic()
+        if delay <= 0:
+            return False
+        sleeper = asyncio.ensure_future(self._clock.sleep(delay))
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait((sleeper, waker), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleeper, waker):
+                task.cancel()
+            await asyncio.gather(sleeper, waker, return_exceptions=True)
+        if self._wake.is_set():
+            self._wake.clear()
+            return True
+        return False
+
+    async def probe_once(self) -> CheckResult:
+        timeout = self.spec.timing.timeout
+        started = self._clock.monotonic()
+        try:
+            async with asyncio.timeout(timeout):
+                result = await self.check.probe()
+        except TimeoutError:
+            result = CheckResult(
+                ok=False,
+                detail=f"timed out after {timeout:g}s",
+                at=self._clock.time(),
+                duration=self._clock.monotonic() - started,
+            )
+        except Exception as exc:  # a defect in one check must not stop the agent
+            self._log.exception("check_error")
+            result = CheckResult(
+                ok=False,
+                detail=f"check error: {type(exc).__name__}: {exc}"[:200],
+                at=self._clock.time(),
+                duration=self._clock.monotonic() - started,
+            )
+        self.last_probe_at = self._clock.monotonic()
+        labels = (self.spec.id, self.spec.kind)
+        self._metrics.check_duration.labels(*labels).observe(result.duration)
+        self._metrics.check_results.labels(*labels, "success" if result.ok else "failure").inc()
+        return result
+
+    def _record(self, result: CheckResult, *, by_event: bool) -> None:
+        new_evidence = not result.same_evidence(self._last)
+        before = self._threshold.state
+        state = before
+        if new_evidence or not by_event:
+            self._last = result
+            state = self._threshold.record(result.ok)
+        self._results.update(self.spec.id, result, state)
+        if state is not before:
+            self._metrics.check_ready.labels(self.spec.id, self.spec.kind).set(_STATE_VALUE[state])
+            self._log.info("check_state_changed", state=str(state), detail=result.detail)
+        elif new_evidence:
+            self._log.debug("check_evidence_changed", ok=result.ok, detail=result.detail)

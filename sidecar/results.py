@@ -1,0 +1,166 @@
+"""Latest state per check, aggregation per gate, and change notification.
+
+A check is PENDING until its thresholds decide: ``success_threshold`` consecutive successes make it
+READY, ``failure_threshold`` consecutive failures make it NOT_READY (kubelet semantics). Pending is
+not a failure: it never turns a gate condition that is already True on the API server to False, so
+a restarted agent cannot cause an outage before it has evidence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from sidecar.model import CheckResult, CheckSpec, GateMode, bounded
+
+MESSAGE_LIMIT = 512
+
+
+class CheckState(StrEnum):
+    PENDING = "pending"
+    READY = "ready"
+    NOT_READY = "not_ready"
+
+
+class GateReason(StrEnum):
+    PASSED = "ChecksPassed"
+    FAILED = "CheckFailed"
+    PENDING = "ChecksPending"
+    STOPPED = "AgentStopped"
+
+
+class Threshold:
+    """Consecutive-result counting, exactly as the kubelet's prober worker does it."""
+
+    def __init__(self, success_threshold: int, failure_threshold: int) -> None:
+        self._needed = {True: success_threshold, False: failure_threshold}
+        self._last: bool | None = None
+        self._run = 0
+        self.state = CheckState.PENDING
+
+    def record(self, ok: bool) -> CheckState:
+        self._run = self._run + 1 if ok == self._last else 1
+        self._last = ok
+        if self._run >= self._needed[ok]:
+            self.state = CheckState.READY if ok else CheckState.NOT_READY
+        return self.state
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CheckStatus:
+    spec: CheckSpec
+    state: CheckState
+    last: CheckResult | None
+    changed_at: float | None
+
+    @property
+    def summary(self) -> str:
+        if self.last is None:
+            return f"{self.spec.label}: no result yet"
+        return f"{self.spec.label}: {self.last.detail}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GateState:
+    """What the gate condition should say. ``pending``: no decision yet (do not override True)."""
+
+    key: str | None
+    ok: bool
+    pending: bool
+    reason: GateReason
+    message: str
+
+
+def aggregate(key: str | None, mode: GateMode, checks: Iterable[CheckStatus]) -> GateState:
+    checks = list(checks)
+    ready = [c for c in checks if c.state is CheckState.READY]
+    failed = [c for c in checks if c.state is CheckState.NOT_READY]
+    pending = [c for c in checks if c.state is CheckState.PENDING]
+    if mode is GateMode.ALL:
+        passed, decided_false = not failed and not pending, bool(failed)
+    else:
+        passed, decided_false = bool(ready), not ready and not pending
+    if passed:
+        shown = ready if mode is GateMode.ANY else checks
+        return _state(key, ok=True, pending=False, reason=GateReason.PASSED, shown=shown)
+    if decided_false:
+        return _state(key, ok=False, pending=False, reason=GateReason.FAILED, shown=failed)
+    return _state(key, ok=False, pending=True, reason=GateReason.PENDING, shown=pending)
+
+
+def _state(
+    key: str | None, *, ok: bool, pending: bool, reason: GateReason, shown: list[CheckStatus]
+) -> GateState:
+    if reason is GateReason.PENDING:
+        labels = ", ".join(c.spec.label for c in shown)
+        message = f"waiting for the checks to decide: {labels}"
+    else:
+        message = "; ".join(c.summary for c in shown)
+    return GateState(
+        key=key, ok=ok, pending=pending, reason=reason, message=bounded(message, MESSAGE_LIMIT)
+    )
+
+
+class Results:
+    """The results manager: prober workers write into it, the gate writer and endpoints read."""
+
+    def __init__(self, specs: Iterable[CheckSpec], mode: GateMode) -> None:
+        self.mode = mode
+        self._checks: dict[str, CheckStatus] = {
+            s.id: CheckStatus(spec=s, state=CheckState.PENDING, last=None, changed_at=None)
+            for s in specs
+        }
+        self._gates: dict[str | None, list[str]] = {}
+        for spec in self._checks.values():
+            self._gates.setdefault(spec.spec.gate, []).append(spec.spec.id)
+        self._version = 0
+        self._changed = asyncio.Event()
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @property
+    def checks(self) -> Mapping[str, CheckStatus]:
+        return self._checks
+
+    @property
+    def gate_keys(self) -> list[str | None]:
+        return list(self._gates)
+
+    def gate(self, key: str | None) -> GateState:
+        return aggregate(key, self.mode, (self._checks[i] for i in self._gates[key]))
+
+    def gates(self) -> dict[str | None, GateState]:
+        return {key: self.gate(key) for key in self._gates}
+
+    def has_results(self) -> bool:
+        return all(c.last is not None for c in self._checks.values())
+
+    def update(self, check_id: str, result: CheckResult, state: CheckState) -> bool:
+        """Record a probe outcome; True when anything a reader shows changed."""
+        old = self._checks[check_id]
+        if old.state is state and result.same_evidence(old.last):
+            self._checks[check_id] = CheckStatus(
+                spec=old.spec, state=state, last=result, changed_at=old.changed_at
+            )
+            return False
+        changed_at = result.at if old.state is not state else old.changed_at
+        self._checks[check_id] = CheckStatus(
+            spec=old.spec, state=state, last=result, changed_at=changed_at
+        )
+        self._version += 1
+        self._notify()
+        return True
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_changed(self, seen_version: int) -> int:
+        """Return the current version once it differs from ``seen_version``."""
+        while self._version == seen_version:
+            await self._changed.wait()
+        return self._version

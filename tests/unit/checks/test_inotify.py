@@ -1,0 +1,353 @@
+"""The inotify binding and PathWakeups: events are a fast hint, stat polling is the truth."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import shutil
+import struct
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from sidecar.checks import _inotify
+from sidecar.checks._inotify import DirectoryWatch, PathWakeups, stat_key
+
+SLOW = 30.0  # a poll interval long enough that only inotify can explain a quick wake-up
+
+
+def open_fds() -> int:
+    return sum(1 for _ in Path("/proc/self/fd").iterdir())
+
+
+async def wait_for_wakeup(wakeups: AsyncIterator[None]) -> None:
+    await anext(wakeups)
+
+
+async def next_wakeup(wakeups: AsyncIterator[None], within: float) -> float:
+    """Seconds until the next wake-up; fails if none comes ``within`` seconds."""
+    started = time.monotonic()
+    await asyncio.wait_for(anext(wakeups), within)
+    return time.monotonic() - started
+
+
+async def no_wakeup(wakeups: AsyncIterator[None], during: float) -> bool:
+    """True if no wake-up comes for ``during`` seconds (the iterator is finished afterwards)."""
+    try:
+        await asyncio.wait_for(anext(wakeups), during)
+    except TimeoutError:
+        return True
+    return False
+
+
+async def started(wakeups: PathWakeups, *, watching: bool = True) -> asyncio.Task[None]:
+    """Start waiting for a wake-up in a task; return once the iterator is set up."""
+    task = asyncio.create_task(wait_for_wakeup(wakeups))
+    deadline = time.monotonic() + 5
+    while wakeups.watching != watching or not wakeups._started:
+        assert time.monotonic() < deadline, "the iterator did not set up in time"
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # let the first stat finish in its worker thread
+    return task
+
+
+# --- the binding --------------------------------------------------------------------------------
+
+
+def test_binding_reports_events_for_files_in_a_watched_directory(tmp_path: Path) -> None:
+    fd = _inotify.inotify_init()
+    try:
+        wd = _inotify.inotify_add_watch(fd, tmp_path, _inotify.WATCH_MASK)
+        (tmp_path / "app.log").write_text("x\n")
+        data = os.read(fd, 4096)
+        event_wd, mask, _cookie, length = struct.unpack_from("iIII", data)
+        assert event_wd == wd
+        assert mask & _inotify.IN_CREATE
+        assert data[16 : 16 + length].rstrip(b"\0") == b"app.log"
+        _inotify.inotify_rm_watch(fd, wd)
+        _, mask, _, _ = struct.unpack_from("iIII", os.read(fd, 4096))
+        assert mask & _inotify.IN_IGNORED
+        with pytest.raises(BlockingIOError):  # non-blocking descriptor, nothing left
+            os.read(fd, 4096)
+    finally:
+        os.close(fd)
+
+
+def test_binding_raises_oserror_for_a_missing_directory(tmp_path: Path) -> None:
+    fd = _inotify.inotify_init()
+    try:
+        with pytest.raises(OSError, match="inotify_add_watch") as info:
+            _inotify.inotify_add_watch(fd, tmp_path / "missing", _inotify.WATCH_MASK)
+        assert info.value.errno == errno.ENOENT
+        with pytest.raises(OSError, match="inotify_rm_watch") as info:
+            _inotify.inotify_rm_watch(fd, 12345)
+        assert info.value.errno == errno.EINVAL
+    finally:
+        os.close(fd)
+
+
+def test_descriptor_is_close_on_exec() -> None:
+    fd = _inotify.inotify_init()
+    try:
+        assert not os.get_inheritable(fd)
+    finally:
+        os.close(fd)
+
+
+def test_stat_key_tells_missing_from_present_and_changed(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    assert stat_key(path) is None
+    assert stat_key(tmp_path / "f" / "under a file") is None
+    path.write_text("a")
+    first = stat_key(path)
+    assert first is not None
+    path.write_text("ab")
+    assert stat_key(path) != first
+
+
+def test_queue_overflow_and_events_on_the_directory_itself_wake(tmp_path: Path) -> None:
+    woken: list[bool] = []
+    watch = DirectoryWatch(tmp_path / "app.log", lambda: woken.append(True))
+
+    def event(wd: int, mask: int, name: bytes = b"") -> bytes:
+        padded = name + b"\0" * (16 - len(name)) if name else b""
+        return struct.pack("iIII", wd, mask, 0, len(padded)) + padded
+
+    watch._wd = 1
+    assert not watch._parse(event(1, _inotify.IN_MODIFY, b"other.log"))
+    assert watch._parse(event(1, _inotify.IN_MODIFY, b"app.log"))
+    assert watch._parse(event(-1, _inotify.IN_Q_OVERFLOW))
+    assert watch._parse(event(1, _inotify.IN_ATTRIB))
+    assert watch._parse(event(1, _inotify.IN_IGNORED))
+    assert watch.needs_watch  # the directory is gone: watched again on a later poll
+    assert not watch._parse(event(1, _inotify.IN_MODIFY, b"app.log"))  # from the dropped watch
+    assert watch._parse(event(2, _inotify.IN_MODIFY, b"app.log"))  # a watch not adopted yet
+    watch.close()
+
+
+# --- PathWakeups --------------------------------------------------------------------------------
+
+
+async def test_an_appended_line_wakes_within_milliseconds(tmp_path: Path) -> None:
+    path = tmp_path / "app.log"
+    path.write_text("starting\n")
+    wakeups = PathWakeups(path, SLOW)
+    try:
+        task = await started(wakeups)
+        begun = time.monotonic()
+        with path.open("a") as f:
+            f.write("Server startup in 42 ms\n")
+        await asyncio.wait_for(task, 5)
+        latency = time.monotonic() - begun
+        assert latency < 1.0, f"woke after {latency:.3f}s"
+    finally:
+        await wakeups.aclose()
+
+
+@pytest.mark.parametrize("change", ["create", "rename", "delete", "replace"])
+async def test_creating_renaming_deleting_or_replacing_the_file_wakes(
+    tmp_path: Path, change: str
+) -> None:
+    path = tmp_path / "app.log"
+    if change != "create":
+        path.write_text("x\n")
+    wakeups = PathWakeups(path, SLOW)
+    try:
+        task = await started(wakeups)
+        if change == "create":
+            path.write_text("new\n")
+        elif change == "rename":
+            path.rename(tmp_path / "app.log.1")
+        elif change == "delete":
+            path.unlink()
+        else:
+            (tmp_path / "tmp").write_text("y\n")
+            (tmp_path / "tmp").replace(path)
+        await asyncio.wait_for(task, 5)
+    finally:
+        await wakeups.aclose()
+
+
+async def test_events_for_other_files_in_the_directory_do_not_wake(tmp_path: Path) -> None:
+    path = tmp_path / "app.log"
+    path.write_text("x\n")
+    wakeups = PathWakeups(path, SLOW)
+    try:
+        task = await started(wakeups)
+        for i in range(20):
+            (tmp_path / f"other-{i}.log").write_text("noise\n")
+        done, _ = await asyncio.wait([task], timeout=0.5)
+        assert not done
+        task.cancel()
+        await asyncio.wait([task])
+    finally:
+        await wakeups.aclose()
+
+
+async def test_a_burst_of_writes_is_one_pending_wakeup(tmp_path: Path) -> None:
+    path = tmp_path / "app.log"
+    path.write_text("")
+    wakeups = PathWakeups(path, SLOW)
+    try:
+        task = await started(wakeups)
+        with path.open("a") as f:
+            for i in range(1000):
+                f.write(f"line {i}\n")
+                f.flush()
+        await asyncio.wait_for(task, 5)
+        assert await no_wakeup(wakeups, 0.5)
+    finally:
+        await wakeups.aclose()
+
+
+async def test_polling_alone_notices_changes_when_inotify_is_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unavailable() -> int:
+        raise OSError(errno.ENOSYS, "inotify is not available")
+
+    monkeypatch.setattr(_inotify, "inotify_init", unavailable)
+    path = tmp_path / "app.log"
+    path.write_text("x\n")
+    wakeups = PathWakeups(path, 0.1)
+    try:
+        task = await started(wakeups, watching=False)
+        path.write_text("xy\n")
+        await asyncio.wait_for(task, 5)
+        assert not wakeups.watching
+    finally:
+        await wakeups.aclose()
+
+
+async def test_polling_takes_over_when_the_watch_limit_is_reached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def limit(fd: int, path: Path, mask: int) -> int:
+        raise OSError(errno.ENOSPC, "inotify watch limit reached")
+
+    monkeypatch.setattr(_inotify, "inotify_add_watch", limit)
+    path = tmp_path / "app.log"
+    wakeups = PathWakeups(path, 0.1)
+    try:
+        task = await started(wakeups, watching=False)
+        path.write_text("appeared\n")
+        await asyncio.wait_for(task, 5)
+    finally:
+        await wakeups.aclose()
+
+
+async def test_polling_wakes_only_on_change(tmp_path: Path) -> None:
+    path = tmp_path / "app.log"
+    path.write_text("x\n")
+    wakeups = PathWakeups(path, 0.05)
+    try:
+        assert await no_wakeup(wakeups, 0.5)  # ten polls, nothing changed
+    finally:
+        await wakeups.aclose()
+
+
+async def test_a_directory_created_later_is_watched_on_a_later_poll(tmp_path: Path) -> None:
+    directory = tmp_path / "logs"
+    path = directory / "app.log"
+    wakeups = PathWakeups(path, 0.1)
+    try:
+        task = await started(wakeups, watching=False)
+        directory.mkdir()
+        deadline = time.monotonic() + 5
+        while not wakeups.watching:
+            assert time.monotonic() < deadline, "the watch was not added after the directory"
+            await asyncio.sleep(0.02)
+        assert not task.done()
+        path.write_text("hello\n")
+        await asyncio.wait_for(task, 5)
+    finally:
+        await wakeups.aclose()
+
+
+async def test_a_deleted_and_recreated_directory_is_watched_again(tmp_path: Path) -> None:
+    directory = tmp_path / "logs"
+    directory.mkdir()
+    path = directory / "app.log"
+    wakeups = PathWakeups(path, 0.1)
+    try:
+        task = await started(wakeups)
+        shutil.rmtree(directory)
+        await asyncio.wait_for(task, 5)  # the directory itself went away
+        directory.mkdir()
+        task = asyncio.create_task(wait_for_wakeup(wakeups))
+        deadline = time.monotonic() + 5
+        while not wakeups.watching:
+            assert time.monotonic() < deadline, "the directory was not watched again"
+            await asyncio.sleep(0.02)
+        path.write_text("back\n")
+        await asyncio.wait_for(task, 5)
+    finally:
+        await wakeups.aclose()
+
+
+async def test_aclose_releases_the_descriptor_and_ends_the_iteration(tmp_path: Path) -> None:
+    before = open_fds()
+    wakeups = PathWakeups(tmp_path / "app.log", SLOW)
+    task = await started(wakeups)
+    assert open_fds() == before + 1
+    task.cancel()
+    await asyncio.wait([task])
+    await wakeups.aclose()
+    assert open_fds() == before
+    with pytest.raises(StopAsyncIteration):
+        await anext(wakeups)
+
+
+async def test_cancelling_a_waiting_iterator_releases_the_descriptor(tmp_path: Path) -> None:
+    before = open_fds()
+    wakeups = PathWakeups(tmp_path / "app.log", SLOW)
+    task = await started(wakeups)
+    task.cancel()
+    await asyncio.wait([task])
+    assert open_fds() == before
+    assert not wakeups.watching
+
+
+async def test_many_iterators_leak_no_descriptor(tmp_path: Path) -> None:
+    path = tmp_path / "app.log"
+    before = open_fds()
+    for i in range(50):
+        wakeups = PathWakeups(path, 0.05)
+        task = await started(wakeups)
+        path.write_text(f"{i}\n")
+        await asyncio.wait_for(task, 5)
+        await wakeups.aclose()
+    assert open_fds() == before
+
+
+async def test_a_steady_stream_of_writes_wakes_at_most_every_min_gap(tmp_path: Path) -> None:
+    path = tmp_path / "app.log"
+    path.write_text("")
+    wakeups = PathWakeups(path, SLOW)
+    stop = asyncio.Event()
+
+    async def writer() -> None:
+        with path.open("a") as f:
+            while not stop.is_set():
+                f.write("busy\n")
+                f.flush()
+                await asyncio.sleep(0.001)
+
+    task = await started(wakeups)
+    writing = asyncio.create_task(writer())
+    try:
+        await asyncio.wait_for(task, 5)
+        began, count = time.monotonic(), 0
+        while time.monotonic() - began < 0.5:
+            await asyncio.wait_for(wait_for_wakeup(wakeups), 5)
+            count += 1
+        elapsed = time.monotonic() - began
+        assert count >= 2  # the stream keeps waking the prober...
+        assert count <= elapsed / _inotify.MIN_GAP + 1  # ...but not once per write
+    finally:
+        stop.set()
+        await writing
+        await wakeups.aclose()

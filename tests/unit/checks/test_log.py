@@ -1,0 +1,561 @@
+"""LogCheck on real files: latest match wins, resets, expiry, wake-ups, cancellation, no leaks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import re
+import shutil
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from sidecar.checks import _follow, _inotify
+from sidecar.checks._follow import FollowBatch, LogFollower
+from sidecar.checks.log import LogCheck, MatchKind
+from sidecar.clock import SystemClock
+from sidecar.model import CheckKind, CheckSpec, LogParams, LogStart, TcpParams, Timing
+
+READY = "Server startup in"
+
+
+class FakeClock:
+    """Wall and monotonic time that only move when the test says so."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+def spec_for(
+    path: Path,
+    pattern: str = READY,
+    *,
+    fail: str | None = None,
+    max_age: float | None = None,
+    start: LogStart = LogStart.START,
+    period: float = 2.0,
+) -> CheckSpec:
+    return CheckSpec(
+        id="APP",
+        kind=CheckKind.LOG,
+        gate=None,
+        timing=Timing(period=period),
+        params=LogParams(
+            path=path,
+            pattern=re.compile(pattern),
+            fail_pattern=None if fail is None else re.compile(fail),
+            max_age=max_age,
+            start=start,
+        ),
+    )
+
+
+def append(path: Path, text: str) -> None:
+    with path.open("a") as f:
+        f.write(text)
+
+
+def open_fds() -> int:
+    return sum(1 for _ in Path("/proc/self/fd").iterdir())
+
+
+async def wait_for_wakeup(wakeups: AsyncIterator[None]) -> None:
+    await anext(wakeups)
+
+
+# Synchronous file operations, so that async tests stay free of blocking calls in their own body.
+
+
+def write(path: Path, data: str | bytes) -> None:
+    if isinstance(data, str):
+        path.write_text(data)
+    else:
+        path.write_bytes(data)
+
+
+def touch(path: Path) -> None:
+    path.touch()
+
+
+def unlink(path: Path) -> None:
+    path.unlink()
+
+
+def rename(path: Path, target: Path) -> None:
+    path.rename(target)
+
+
+def chmod(path: Path, mode: int) -> None:
+    path.chmod(mode)
+
+
+def mtime(path: Path) -> float:
+    return path.stat().st_mtime
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> Path:
+    return tmp_path / "app.log"
+
+
+async def verdict(check: LogCheck) -> tuple[bool, str]:
+    result = await check.probe()
+    return result.ok, result.detail
+
+
+# --- details --------------------------------------------------------------------------------
+
+
+async def test_missing_file_fails_with_does_not_exist_yet(log: Path) -> None:
+    check = LogCheck(spec_for(log), SystemClock())
+    try:
+        assert await verdict(check) == (False, f"{log} does not exist yet")
+    finally:
+        await check.aclose()
+
+
+async def test_missing_directory_fails_with_does_not_exist_yet(tmp_path: Path) -> None:
+    path = tmp_path / "logs" / "app.log"
+    check = LogCheck(spec_for(path), SystemClock())
+    try:
+        assert await verdict(check) == (False, f"{path} does not exist yet")
+        path.parent.mkdir()
+        append(path, "Server startup in 1 ms\n")
+        assert await verdict(check) == (True, f'pattern "{READY}" seen in {path}')
+    finally:
+        await check.aclose()
+
+
+async def test_no_match_fails_with_pattern_not_seen(log: Path) -> None:
+    append(log, "starting\n")
+    check = LogCheck(spec_for(log), SystemClock())
+    try:
+        assert await verdict(check) == (False, f'pattern "{READY}" not seen in {log}')
+    finally:
+        await check.aclose()
+
+
+async def test_ready_line_succeeds_with_pattern_seen(log: Path) -> None:
+    append(log, "starting\n")
+    check = LogCheck(spec_for(log), SystemClock())
+    try:
+        await check.probe()
+        append(log, "INFO Server startup in 1234 ms\n")
+        assert await verdict(check) == (True, f'pattern "{READY}" seen in {log}')
+        assert check.match is not None
+        assert check.match.line == "INFO Server startup in 1234 ms"
+    finally:
+        await check.aclose()
+
+
+async def test_a_ready_line_without_its_newline_yet_does_not_count(log: Path) -> None:
+    check = LogCheck(spec_for(log), SystemClock())
+    try:
+        append(log, "Server startup in")
+        assert not (await check.probe()).ok
+        append(log, " 5 ms\n")
+        assert (await check.probe()).ok
+    finally:
+        await check.aclose()
+
+
+async def test_fail_line_fails_with_fail_pattern_seen(log: Path) -> None:
+    append(log, "Server startup in 3 ms\nSEVERE: out of memory\n")
+    check = LogCheck(spec_for(log, fail="SEVERE"), SystemClock())
+    try:
+        assert await verdict(check) == (False, f'fail pattern "SEVERE" seen in {log}')
+        assert check.match is not None
+        assert check.match.kind is MatchKind.FAIL
+    finally:
+        await check.aclose()
+
+
+async def test_latest_match_wins_across_lines_and_probes(log: Path) -> None:
+    check = LogCheck(spec_for(log, fail="SEVERE"), SystemClock())
+    try:
+        append(log, "SEVERE: first try failed\nServer startup in 9 ms\n")
+        assert (await check.probe()).ok
+        append(log, "SEVERE: lost the database\n")
+        assert not (await check.probe()).ok
+        append(log, "noise\n")
+        assert not (await check.probe()).ok
+        append(log, "Server startup in 10 ms\nnoise\n")
+        assert (await check.probe()).ok
+    finally:
+        await check.aclose()
+
+
+async def test_a_line_matching_both_patterns_is_a_failure(log: Path) -> None:
+    append(log, "Server startup in 5 ms\nSEVERE Server startup in 5 ms aborted\nnoise\n")
+    check = LogCheck(spec_for(log, fail="SEVERE"), SystemClock())
+    try:
+        assert await verdict(check) == (False, f'fail pattern "SEVERE" seen in {log}')
+    finally:
+        await check.aclose()
+
+
+async def test_detail_is_bounded_deterministic_and_without_the_label(log: Path) -> None:
+    pattern = "x" * 500
+    check = LogCheck(spec_for(log, pattern), SystemClock())
+    try:
+        append(log, "noise\n")
+        first = await check.probe()
+        append(log, "more noise\n")
+        second = await check.probe()
+        assert len(first.detail) <= 200
+        assert first.detail == second.detail
+        assert "log APP" not in first.detail
+        assert first.at > 1e9  # wall-clock time, like the other checks
+    finally:
+        await check.aclose()
+
+
+async def test_read_errors_fail_with_a_clear_detail(
+    log: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    append(log, "Server startup in 1 ms\n")
+    check = LogCheck(spec_for(log), SystemClock())
+
+    def refuse(self: LogFollower) -> FollowBatch:
+        raise PermissionError(13, "Permission denied", str(log))
+
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(LogFollower, "read", refuse)
+            assert await verdict(check) == (False, f"permission denied reading {log}")
+        assert await verdict(check) == (True, f'pattern "{READY}" seen in {log}')
+    finally:
+        await check.aclose()
+
+
+async def test_a_directory_at_the_path_fails_with_is_a_directory(tmp_path: Path) -> None:
+    check = LogCheck(spec_for(tmp_path), SystemClock())
+    try:
+        assert await verdict(check) == (False, f"{tmp_path} is a directory")
+    finally:
+        await check.aclose()
+
+
+def test_the_check_needs_log_params(log: Path) -> None:
+    spec = CheckSpec(
+        id="APP", kind=CheckKind.LOG, gate=None, timing=Timing(), params=TcpParams(port=1)
+    )
+    with pytest.raises(TypeError, match="expected LogParams"):
+        LogCheck(spec, SystemClock())
+
+
+# --- where to start, resets and rotation --------------------------------------------------------
+
+
+async def test_start_end_ignores_a_ready_line_from_a_previous_run(log: Path) -> None:
+    append(log, "Server startup in 1 ms\n")
+    check = LogCheck(spec_for(log, start=LogStart.END), SystemClock())
+    try:
+        assert not (await check.probe()).ok
+        append(log, "Server startup in 2 ms\n")
+        assert (await check.probe()).ok
+    finally:
+        await check.aclose()
+
+
+async def test_truncation_clears_the_state_until_the_pattern_appears_again(log: Path) -> None:
+    append(log, "Server startup in 1 ms\n")
+    check = LogCheck(spec_for(log), SystemClock())
+    try:
+        assert (await check.probe()).ok
+        write(log, "restarting\n")
+        assert await verdict(check) == (False, f'pattern "{READY}" not seen in {log}')
+        append(log, "Server startup in 2 ms\n")
+        assert (await check.probe()).ok
+    finally:
+        await check.aclose()
+
+
+async def test_copytruncate_clears_the_state(log: Path) -> None:
+    append(log, "Server startup in 1 ms\n")
+    check = LogCheck(spec_for(log), SystemClock())
+    try:
+        assert (await check.probe()).ok
+        shutil.copyfile(log, log.with_suffix(".log.1"))
+        os.truncate(log, 0)
+        append(log, "a much longer line written by the restarted application\n")
+        assert not (await check.probe()).ok
+    finally:
+        await check.aclose()
+
+
+async def test_delete_and_recreate_clears_the_state(log: Path) -> None:
+    append(log, "Server startup in 1 ms\n")
+    check = LogCheck(spec_for(log), SystemClock())
+    try:
+        assert (await check.probe()).ok
+        unlink(log)
+        assert await verdict(check) == (False, f"{log} does not exist yet")
+        append(log, "starting again\n")
+        assert await verdict(check) == (False, f'pattern "{READY}" not seen in {log}')
+    finally:
+        await check.aclose()
+
+
+async def test_lines_of_a_deleted_file_count_before_the_reset(log: Path) -> None:
+    append(log, "starting\n")
+    check = LogCheck(spec_for(log, fail="SEVERE"), SystemClock())
+    try:
+        assert not (await check.probe()).ok
+        append(log, "Server startup in 1 ms\n")
+        unlink(log)
+        append(log, "SEVERE in the new file? no: this is noise\n")
+        # old file: ready (drained first); new file: reset, then a fail line
+        result = await check.probe()
+        assert result.detail == f'fail pattern "SEVERE" seen in {log}'
+    finally:
+        await check.aclose()
+
+
+async def test_rename_rotation_keeps_the_state_through_a_thousand_rotations(log: Path) -> None:
+    append(log, "Server startup in 1 ms\n")
+    check = LogCheck(spec_for(log, fail="SEVERE"), SystemClock())
+    before = open_fds()
+    try:
+        assert (await check.probe()).ok
+        for i in range(1000):
+            rename(log, log.with_name(f"app.log.{i % 3}"))
+            append(log, f"request {i} served\n")
+            assert (await check.probe()).ok, i
+        append(log, "SEVERE: finally broken\n")
+        assert not (await check.probe()).ok
+        assert open_fds() <= before + 1
+    finally:
+        await check.aclose()
+    assert open_fds() <= before
+
+
+async def test_a_big_backlog_is_drained_in_one_probe(
+    log: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_follow, "BATCH_LIMIT", 64 * 1024)
+    append(log, "".join(f"noise line {i}\n" for i in range(50_000)) + "Server startup in 7 ms\n")
+    check = LogCheck(spec_for(log), SystemClock())
+    try:
+        assert (await check.probe()).ok
+    finally:
+        await check.aclose()
+
+
+# --- max_age ------------------------------------------------------------------------------------
+
+
+async def test_max_age_expires_a_ready_match_and_a_new_heartbeat_renews_it(log: Path) -> None:
+    clock = FakeClock()
+    check = LogCheck(spec_for(log, "alive", max_age=30), clock)
+    try:
+        append(log, "alive\n")
+        assert await verdict(check) == (True, f'pattern "alive" seen in {log}')
+        clock.now += 30
+        assert (await check.probe()).ok  # exactly max_age old is still fresh
+        clock.now += 0.5
+        assert await verdict(check) == (
+            False,
+            f'pattern "alive" not seen in {log} for more than 30s',
+        )
+        append(log, "alive\n")
+        assert (await check.probe()).ok
+        assert check.match is not None
+        assert check.match.seen_at == clock.now
+    finally:
+        await check.aclose()
+
+
+async def test_max_age_does_not_apply_to_a_fail_match(log: Path) -> None:
+    clock = FakeClock()
+    check = LogCheck(spec_for(log, "alive", fail="dead", max_age=1.5), clock)
+    try:
+        append(log, "alive\ndead\n")
+        clock.now += 100
+        assert await verdict(check) == (False, f'fail pattern "dead" seen in {log}')
+    finally:
+        await check.aclose()
+
+
+# --- wake-ups -----------------------------------------------------------------------------------
+
+
+async def test_a_ready_line_wakes_the_prober_within_a_second(log: Path) -> None:
+    append(log, "starting\n")
+    check = LogCheck(spec_for(log, period=10.0), SystemClock())
+    wakeups = check.wakeups()
+    try:
+        assert not (await check.probe()).ok
+        task = asyncio.create_task(wait_for_wakeup(wakeups))
+        await asyncio.sleep(0.3)  # the iterator sets up its watch
+        begun = time.monotonic()
+        append(log, "Server startup in 1 ms\n")
+        await asyncio.wait_for(task, 5)
+        assert time.monotonic() - begun < 1.0
+        assert (await check.probe()).ok
+    finally:
+        await check.aclose()
+
+
+async def test_aclose_ends_the_wakeups_and_releases_descriptors(log: Path) -> None:
+    before = open_fds()
+    check = LogCheck(spec_for(log), SystemClock())
+    wakeups = check.wakeups()
+    task = asyncio.create_task(wait_for_wakeup(wakeups))
+    await asyncio.sleep(0.2)
+    append(log, "Server startup in 1 ms\n")
+    await asyncio.wait_for(task, 5)
+    assert (await check.probe()).ok
+    await check.aclose()
+    with pytest.raises(StopAsyncIteration):
+        await anext(wakeups)
+    assert open_fds() == before
+
+
+# --- cancellation and the single outstanding read ------------------------------------------------
+
+
+class GatedReads:
+    """Wraps LogFollower.read: the calls numbered in ``blocked`` (from 1) wait for ``gate``.
+
+    Counts the calls and how many ran at the same time."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, blocked: frozenset[int]) -> None:
+        self.gate = threading.Event()
+        self.calls = 0
+        self.running = 0
+        self.most_running = 0
+        self._lock = threading.Lock()
+        real = LogFollower.read
+
+        def read(follower: LogFollower) -> FollowBatch:
+            with self._lock:
+                self.calls += 1
+                self.running += 1
+                self.most_running = max(self.most_running, self.running)
+                wait = self.calls in blocked
+            try:
+                if wait:
+                    assert self.gate.wait(30), "the test never opened the gate"
+                return real(follower)
+            finally:
+                with self._lock:
+                    self.running -= 1
+
+        monkeypatch.setattr(LogFollower, "read", read)
+
+
+async def test_a_cancelled_probe_loses_no_line_and_the_next_probe_reuses_its_read(
+    log: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = GatedReads(monkeypatch, frozenset({1}))
+    append(log, "Server startup in 1 ms\n")
+    check = LogCheck(spec_for(log, fail="SEVERE"), SystemClock())
+    try:
+        for _ in range(3):  # each probe times out while the first read hangs
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(check.probe(), 0.2)
+        assert reads.calls == 1  # no new thread while the first read is outstanding
+        next_probe = asyncio.create_task(check.probe())
+        await asyncio.sleep(0.1)
+        assert not next_probe.done()
+        reads.gate.set()
+        result = await asyncio.wait_for(next_probe, 10)
+        assert result.ok  # the hung read's lines were applied, not lost
+        assert reads.most_running == 1
+        append(log, "SEVERE: broken\n")
+        assert not (await check.probe()).ok
+        append(log, "Server startup in 2 ms\n")
+        assert (await check.probe()).ok
+    finally:
+        reads.gate.set()
+        await check.aclose()
+
+
+async def test_probes_cancelled_at_random_moments_apply_every_batch_once_in_order(
+    log: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_follow, "BATCH_LIMIT", 4096)
+    monkeypatch.setattr(_follow, "CHUNK_SIZE", 1024)
+    check = LogCheck(spec_for(log, "ready", fail="fail"), SystemClock())
+    try:
+        for round_ in range(40):
+            verdict_line = "ready" if round_ % 2 else "fail"
+            append(log, "".join(f"noise {round_} {i}\n" for i in range(400)) + verdict_line + "\n")
+            with contextlib.suppress(TimeoutError):  # cancelled mid-way, or not, at random
+                await asyncio.wait_for(check.probe(), 0.0005 * (round_ % 7))
+            result = await asyncio.wait_for(check.probe(), 10)
+            assert result.ok is (verdict_line == "ready"), round_
+    finally:
+        await check.aclose()
+
+
+async def test_concurrent_probes_never_read_in_two_threads(
+    log: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = GatedReads(monkeypatch, frozenset())
+    append(log, "Server startup in 1 ms\n")
+    check = LogCheck(spec_for(log), SystemClock())
+    try:
+        results = await asyncio.gather(*(check.probe() for _ in range(10)))
+        assert all(r.ok for r in results)
+        assert reads.most_running == 1
+    finally:
+        await check.aclose()
+
+
+async def test_aclose_during_a_hung_read_returns_and_the_file_is_released_later(
+    log: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    append(log, "x\n")
+    before = open_fds()
+    reads = GatedReads(monkeypatch, frozenset({2}))
+    check = LogCheck(spec_for(log), SystemClock())
+    assert not (await check.probe()).ok  # the first read opens the file
+    try:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(check.probe(), 0.2)  # the second read hangs
+        assert open_fds() == before + 1
+        await asyncio.wait_for(check.aclose(), 1)  # does not wait for the hung thread
+        assert open_fds() == before + 1  # the thread still uses the file
+    finally:
+        reads.gate.set()
+    deadline = time.monotonic() + 10
+    while open_fds() > before:
+        assert time.monotonic() < deadline, "the follower's file was not closed"
+        await asyncio.sleep(0.02)
+
+
+async def test_without_inotify_the_stat_poll_still_wakes_the_prober(
+    log: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unavailable() -> int:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(_inotify, "inotify_init", unavailable)
+    append(log, "starting\n")
+    check = LogCheck(spec_for(log, period=0.2), SystemClock())  # polls every 0.2 s
+    wakeups = check.wakeups()
+    try:
+        task = asyncio.create_task(wait_for_wakeup(wakeups))
+        await asyncio.sleep(0.3)
+        append(log, "Server startup in 1 ms\n")
+        await asyncio.wait_for(task, 5)
+        assert (await check.probe()).ok
+    finally:
+        await check.aclose()
