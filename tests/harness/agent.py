@@ -131,6 +131,8 @@ class AgentProcess:
         return self.base_url
 
     def get(self, path: str, timeout: float = 5) -> tuple[int, str]:
+        if not self.base_url:
+            self.wait_started()
         try:
             with urllib.request.urlopen(self.base_url + path, timeout=timeout) as resp:
                 return resp.status, resp.read().decode()

@@ -1,0 +1,42 @@
+# Two commands do everything on a fresh machine (Python 3.11+, Go 1.26, root):
+#   make demo    local control plane + legacy app + agent, the gate flipping in `kubectl get pods`
+#   make test    lint, type checks, unit, end-to-end, fault and benchmark-smoke tests
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: test demo lint binaries unit e2e bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+binaries: $(STAMP)
+	$(BIN)/python -m tests.harness.binaries --with-helm
+
+lint: $(STAMP)
+	$(BIN)/ruff check sidecar tests scripts
+	$(BIN)/ruff format --check sidecar tests scripts
+	$(BIN)/mypy
+	$(BIN)/hadolint Dockerfile
+
+test: lint binaries
+	$(BIN)/pytest
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+e2e: binaries
+	$(BIN)/pytest tests/e2e
+
+demo: binaries
+	$(BIN)/python -m scripts.demo
+
+bench: binaries
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis dist build

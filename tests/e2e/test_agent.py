@@ -1,0 +1,276 @@
+"""The agent as a real process against the real control plane, one behaviour per test."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness.agent import AgentProcess
+from tests.harness.cluster import ControlPlane
+from tests.harness.kube import JSON, KubeClient, condition, condition_status, wait_for
+from tests.harness.workloads import GATE, PodRef
+
+FAST = {"GATE_PERIOD_SECONDS": "0.5", "GATE_TIMEOUT_SECONDS": "0.4", "GATE_FAILURE_THRESHOLD": "1"}
+
+
+def _pod(admin: KubeClient, pod: PodRef) -> JSON:
+    return admin.pod(pod.namespace, pod.name)
+
+
+def _wait_gate(
+    admin: KubeClient, pod: PodRef, status: str, agent: AgentProcess, gate: str = GATE
+) -> JSON:
+    def probe() -> JSON | None:
+        cond = condition(_pod(admin, pod), gate)
+        return cond if cond is not None and cond.get("status") == status else None
+
+    return wait_for(f"{gate} {status}", probe, describe=agent.describe)
+
+
+def _wait_ready(admin: KubeClient, pod: PodRef, status: str) -> None:
+    wait_for(f"Ready {status}", lambda: condition_status(_pod(admin, pod), "Ready") == status)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def legacy_server() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(*args: str) -> subprocess.Popen[bytes]:
+        app = subprocess.Popen(
+            [sys.executable, "-m", "tests.harness.legacy_app", *args], stdout=subprocess.PIPE
+        )
+        started.append(app)
+        return app
+
+    yield start
+    for app in started:
+        app.terminate()
+        app.wait(5)
+        if app.stdout:
+            app.stdout.close()
+
+
+def test_tcp_check_follows_a_banner_server_that_opens_and_closes_its_port(
+    admin: KubeClient,
+    make_pod: Callable[..., PodRef],
+    start_agent: Callable[..., AgentProcess],
+    legacy_server: Callable[..., subprocess.Popen[bytes]],
+) -> None:
+    port = _free_port()
+    pod = make_pod()
+    app = legacy_server("--port", str(port), "--banner", "220 legacy ESMTP", "--ready-after", "1")
+    agent = start_agent(
+        pod,
+        GATE_CONDITION_TYPE=GATE,
+        CHECK_SMTP_KIND="tcp",
+        CHECK_SMTP_ADDRESS=f":{port}",
+        CHECK_SMTP_EXPECT="^220 ",
+        **FAST,
+    )
+    ready = _wait_gate(admin, pod, "True", agent)
+    assert ready["reason"] == "ChecksPassed"
+    assert f"tcp SMTP: reply from 127.0.0.1:{port}" in ready["message"]
+    _wait_ready(admin, pod, "True")
+
+    app.send_signal(signal.SIGUSR1)  # the app closes its port
+    failed = _wait_gate(admin, pod, "False", agent)
+    assert failed["reason"] == "CheckFailed"
+    assert "refused" in failed["message"]
+    _wait_ready(admin, pod, "False")
+
+    app.send_signal(signal.SIGUSR2)  # and opens it again
+    _wait_gate(admin, pod, "True", agent)
+    _wait_ready(admin, pod, "True")
+
+
+def test_file_marker_present_then_removed_flips_the_gate(
+    admin: KubeClient,
+    make_pod: Callable[..., PodRef],
+    start_agent: Callable[..., AgentProcess],
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "run" / "ready"
+    pod = make_pod()
+    agent = start_agent(
+        pod, CHECK_MARK_KIND="file", CHECK_MARK_PATH=str(marker), CHECK_MARK_CONTAINS="ok", **FAST
+    )
+    first = _wait_gate(admin, pod, "False", agent)
+    assert "does not exist" in first["message"]
+    marker.parent.mkdir()
+    marker.write_text("ok\n")
+    _wait_gate(admin, pod, "True", agent)
+    _wait_ready(admin, pod, "True")
+    marker.unlink()
+    _wait_gate(admin, pod, "False", agent)
+    _wait_ready(admin, pod, "False")
+
+
+def test_condition_type_is_taken_from_the_pods_only_readiness_gate(
+    admin: KubeClient,
+    make_pod: Callable[..., PodRef],
+    start_agent: Callable[..., AgentProcess],
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "ready"
+    marker.touch()
+    pod = make_pod(gates=["example.com/only-gate"])
+    agent = start_agent(pod, CHECK_M_KIND="file", CHECK_M_PATH=str(marker), **FAST)
+    _wait_gate(admin, pod, "True", agent, gate="example.com/only-gate")
+    _wait_ready(admin, pod, "True")
+
+
+def test_http_and_exec_checks_feed_two_gates_of_one_pod(
+    admin: KubeClient,
+    make_pod: Callable[..., PodRef],
+    start_agent: Callable[..., AgentProcess],
+    legacy_server: Callable[..., subprocess.Popen[bytes]],
+    tmp_path: Path,
+) -> None:
+    web_root = tmp_path / "www"
+    web_root.mkdir()
+    (web_root / "health").write_text("status: UP\n")
+    port = _free_port()
+    http = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+         "--directory", str(web_root)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        flag = tmp_path / "db-up"
+        pod = make_pod(gates=["example.com/web", "example.com/db"])
+        agent = start_agent(
+            pod,
+            CHECK_WEB_KIND="http",
+            CHECK_WEB_URL=f"http://127.0.0.1:{port}/health",
+            CHECK_WEB_BODY="status: UP",
+            CHECK_WEB_GATE="example.com/web",
+            CHECK_DB_KIND="exec",
+            CHECK_DB_COMMAND=f"test -e {flag}",
+            CHECK_DB_GATE="example.com/db",
+            **FAST,
+        )
+        web = _wait_gate(admin, pod, "True", agent, gate="example.com/web")
+        assert "http WEB" in web["message"]
+        db = _wait_gate(admin, pod, "False", agent, gate="example.com/db")
+        assert "exec DB: exit status 1" in db["message"]
+        _wait_ready(admin, pod, "False")
+        flag.touch()
+        _wait_gate(admin, pod, "True", agent, gate="example.com/db")
+        _wait_ready(admin, pod, "True")
+    finally:
+        http.terminate()
+        http.wait(5)
+
+
+def test_describe_shows_the_gate_reason_and_an_event_per_transition(
+    control_plane: ControlPlane,
+    admin: KubeClient,
+    make_pod: Callable[..., PodRef],
+    start_agent: Callable[..., AgentProcess],
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "ready"
+    pod = make_pod()
+    agent = start_agent(pod, CHECK_APP_KIND="file", CHECK_APP_PATH=str(marker), **FAST)
+    _wait_gate(admin, pod, "False", agent)
+    marker.touch()
+    _wait_gate(admin, pod, "True", agent)
+
+    def described() -> str | None:
+        text = control_plane.kubectl("-n", pod.namespace, "describe", "pod", pod.name).stdout
+        return text if "ReadinessGateTrue" in text else None
+
+    text = wait_for("the ReadinessGateTrue event in kubectl describe", described)
+    assert f"{GATE}   True" in text
+    assert "ReadinessGateFalse" in text
+    assert "readiness-gate-sidecar" in text
+
+
+def test_restarted_agent_keeps_an_existing_true_until_its_checks_decide(
+    admin: KubeClient,
+    make_pod: Callable[..., PodRef],
+    start_agent: Callable[..., AgentProcess],
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "ready"
+    marker.touch()
+    pod = make_pod()
+    first = start_agent(pod, CHECK_APP_KIND="file", CHECK_APP_PATH=str(marker), **FAST)
+    true_before = _wait_gate(admin, pod, "True", first)
+    first.stop()
+
+    second = start_agent(
+        pod,
+        CHECK_APP_KIND="file",
+        CHECK_APP_PATH=str(marker),
+        CHECK_APP_INITIAL_DELAY_SECONDS="3",
+        **FAST,
+    )
+    second.wait_for_log("pod_synced")
+    assert second.status()["gates"][GATE]["desired"]["status"] == "Pending"
+    still = condition(_pod(admin, pod), GATE)
+    assert still == true_before
+    assert condition_status(_pod(admin, pod), "Ready") == "True"
+    second.wait_for_log("check_state_changed", lambda e: e["state"] == "ready", timeout=10)
+    assert condition(_pod(admin, pod), GATE) == true_before
+    assert not second.events("gate_written")
+
+
+def test_undeclared_gate_is_reported_and_never_written(
+    admin: KubeClient,
+    make_pod: Callable[..., PodRef],
+    start_agent: Callable[..., AgentProcess],
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "ready"
+    marker.touch()
+    pod = make_pod(gates=["example.com/something-else"])
+    agent = start_agent(
+        pod, GATE_CONDITION_TYPE=GATE, CHECK_A_KIND="file", CHECK_A_PATH=str(marker), **FAST
+    )
+    error = agent.wait_for_log("gate_not_declared")
+    assert f"conditionType: {GATE}" in error["fix"]
+    agent.wait_for_log("check_state_changed", lambda e: e["state"] == "ready")
+    status = agent.status()
+    assert status["gates"][GATE]["declared_in_pod"] is False
+    assert agent.get("/readyz")[0] == 200
+    assert condition(_pod(admin, pod), GATE) is None
+    assert not agent.events("gate_written")
+
+
+def test_probe_only_mode_needs_no_api_and_answers_on_gate(
+    start_agent: Callable[..., AgentProcess], tmp_path: Path
+) -> None:
+    marker = tmp_path / "ready"
+    agent = start_agent(
+        None, GATE_WRITE="false", CHECK_APP_KIND="file", CHECK_APP_PATH=str(marker), **FAST
+    )
+    agent.wait_started()
+    wait_for("/gate 503", lambda: agent.get("/gate")[0] == 503)
+    wait_for("/readyz 200", lambda: agent.get("/readyz")[0] == 200)
+    marker.touch()
+    wait_for("/gate 200", lambda: agent.get("/gate")[0] == 200)
+    assert not [e for e in agent.logs if str(e.get("event", "")).startswith("api_")]
+    assert agent.stop() < 1.0
+
+
+def test_missing_identity_exits_2_with_the_downward_api_snippet(
+    start_agent: Callable[..., AgentProcess], tmp_path: Path
+) -> None:
+    agent = start_agent(None, CHECK_APP_KIND="file", CHECK_APP_PATH=str(tmp_path / "x"))
+    assert agent.wait_exit() == 2
+    assert "fieldPath: metadata.name" in agent.stderr
+    assert "Traceback" not in agent.stderr
