@@ -70,9 +70,9 @@ class ApiResponse:
 class PodApi(Protocol):
     async def get_pod(self) -> ApiResponse: ...
 
-    async def patch_status(
-        self, patch: JSON, *, budget: float = REQUEST_TIMEOUT
-    ) -> ApiResponse: ...
+    async def patch_status(self, patch: JSON, *, budget: float | None = None) -> ApiResponse:
+        """``budget``: the request's timeout; None is the API's usual request timeout."""
+        ...
 
     async def create_event(self, event: JSON) -> ApiResponse: ...
 
@@ -90,21 +90,32 @@ class TokenFile:
         self._token = ""
 
     def current(self) -> str:
-        stat = self.path.stat()  # follows the kubelet's ..data symlink swap
-        stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-        if stamp != self._stamp:
-            self._token = self.path.read_text().strip()
-            self._stamp = stamp
+        try:
+            stat = self.path.stat()  # follows the kubelet's ..data symlink swap
+            stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+            if stamp != self._stamp:
+                self._token = self.path.read_text().strip()
+                self._stamp = stamp
+        except OSError as err:
+            raise k8s_config.ConfigException(
+                f"cannot read the ServiceAccount token {self.path}: {err.strerror or err}"
+            ) from None
         return self._token
 
     def invalidate(self) -> None:
         self._stamp = None
 
 
-async def build_configuration(access: ApiAccess) -> tuple[k8s.Configuration, Callable[[], None]]:
-    """A client configuration plus a function that forces fresh credentials (after a 401)."""
-    configuration = k8s.Configuration()
+Credentials = tuple[k8s.Configuration, Callable[[], None]]
+"""A client configuration plus a function that forces fresh credentials (after a 401)."""
+
+ConfigurationFactory = Callable[[], Awaitable[Credentials]]
+
+
+async def build_configuration(access: ApiAccess) -> Credentials:
+    """Production access: a kubeconfig if given, else in-cluster https with ca.crt and the token."""
     if access.kubeconfig is not None:
+        configuration = k8s.Configuration()
         await k8s_config.load_kube_config(
             config_file=str(access.kubeconfig), client_configuration=configuration
         )
@@ -112,9 +123,21 @@ async def build_configuration(access: ApiAccess) -> tuple[k8s.Configuration, Cal
     host = access.service_host or ""
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
-    configuration.host = f"https://{host}:{access.service_port or 443}"
-    configuration.ssl_ca_cert = str(access.token_dir / "ca.crt")
-    token = TokenFile(access.token_dir / "token")
+    return token_configuration(
+        f"https://{host}:{access.service_port or 443}",
+        access.token_dir / "token",
+        ca_cert=access.token_dir / "ca.crt",
+    )
+
+
+def token_configuration(host: str, token_path: Path, *, ca_cert: Path | None) -> Credentials:
+    """Bearer-token access to ``host``: the token file is re-read whenever it changes (checked on
+    every request) and after the returned invalidate function was called."""
+    configuration = k8s.Configuration()
+    configuration.host = host
+    if ca_cert is not None:
+        configuration.ssl_ca_cert = str(ca_cert)
+    token = TokenFile(token_path)
     configuration.api_key_prefix["BearerToken"] = "Bearer"
 
     def refresh(cfg: k8s.Configuration) -> None:
@@ -126,19 +149,33 @@ async def build_configuration(access: ApiAccess) -> tuple[k8s.Configuration, Cal
 
 
 class KubePodApi:
-    """PodApi over kubernetes_asyncio. Every call has a timeout; nothing raises for HTTP errors."""
+    """PodApi over kubernetes_asyncio. Every call has a timeout; nothing raises for HTTP errors.
 
-    def __init__(self, access: ApiAccess, identity: Identity, metrics: Metrics) -> None:
+    ``configure`` replaces how the client configuration is built (tests point it at a local
+    plain-HTTP server); by default it is :func:`build_configuration` of ``access``.
+    """
+
+    def __init__(
+        self,
+        access: ApiAccess,
+        identity: Identity,
+        metrics: Metrics,
+        *,
+        configure: ConfigurationFactory | None = None,
+        request_timeout: float = REQUEST_TIMEOUT,
+    ) -> None:
         self._access = access
         self._identity = identity
         self._metrics = metrics
+        self._configure = configure or (lambda: build_configuration(access))
+        self._timeout = request_timeout
         self._client: k8s.ApiClient | None = None
         self._core: Any = None
         self._invalidate: Callable[[], None] = lambda: None
 
     async def _api(self) -> Any:
         if self._core is None:
-            configuration, self._invalidate = await build_configuration(self._access)
+            configuration, self._invalidate = await self._configure()
             self._client = k8s.ApiClient(configuration)
             self._client.user_agent = USER_AGENT
             self._core = k8s.CoreV1Api(self._client)
@@ -153,7 +190,7 @@ class KubePodApi:
             ),
         )
 
-    async def patch_status(self, patch: JSON, *, budget: float = REQUEST_TIMEOUT) -> ApiResponse:
+    async def patch_status(self, patch: JSON, *, budget: float | None = None) -> ApiResponse:
         ident = self._identity
         return await self._call(
             "patch",
@@ -193,10 +230,11 @@ class KubePodApi:
         verb: str,
         request: Callable[[Any, float], Awaitable[aiohttp.ClientResponse]],
         *,
-        budget: float = REQUEST_TIMEOUT,
+        budget: float | None = None,
     ) -> ApiResponse:
         loop = asyncio.get_running_loop()
         started = loop.time()
+        budget = self._timeout if budget is None else budget
         try:
             async with asyncio.timeout(budget):
                 api = await self._api()
@@ -207,7 +245,7 @@ class KubePodApi:
                     response.release()
             result = _response(response.status, raw, response.headers.get("Retry-After"))
         except (aiohttp.ClientError, OSError, TimeoutError, k8s.ApiException) as err:
-            result = ApiResponse(status=0, message=_describe_transport_error(err))
+            result = ApiResponse(status=0, message=_describe_transport_error(err, budget))
         except k8s_config.ConfigException as err:
             result = ApiResponse(status=0, message=f"cannot load API credentials: {err}")
         self._metrics.api_requests.labels(verb, str(result.status)).inc()
@@ -230,9 +268,9 @@ def _response(status: int, raw: bytes, retry_after: str | None) -> ApiResponse:
     return ApiResponse(status=status, body=body, message=message, retry_after=delay)
 
 
-def _describe_transport_error(err: BaseException) -> str:
+def _describe_transport_error(err: BaseException, budget: float) -> str:
     if isinstance(err, TimeoutError):
-        return f"no answer within {REQUEST_TIMEOUT:g}s"
+        return f"no answer within {budget:g}s"
     if isinstance(err, socket.gaierror):
         return f"cannot resolve the API server address: {err}"
     return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
@@ -309,42 +347,50 @@ class GateWriter:
         clock: Clock,
         rng: random.Random,
         metrics: Metrics,
+        backoff_base: float = BACKOFF_BASE,
+        backoff_cap: float = BACKOFF_CAP,
+        shutdown_timeout: float = SHUTDOWN_WRITE_TIMEOUT,
     ) -> None:
         self._api = api
         self._results = results
         self._identity = identity
+        # The UID guard: from the downward API, else learned from the first read.
+        self._uid = identity.pod_uid
         self._default_type = condition_type
         self._resync = resync
         self._events = events
         self._clock = clock
         self._metrics = metrics
-        self._backoff = Backoff(rng)
+        self._backoff = Backoff(rng, backoff_base, backoff_cap)
+        self._shutdown_timeout = shutdown_timeout
         self._started = clock.monotonic()
         self._log = structlog.get_logger()
         self._retry_at: float | None = None
+        self._failed_verb = ""
         self._warned_events = False
+        self._warned_unknown_type = False
         self.status = WriterStatus(gates={k: GateRecord(key=k) for k in results.gate_keys})
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def run(self) -> None:
-        while not await self._sync():
-            if self.status.api is ApiHealth.POD_GONE:
-                return
-            await self._sleep_backoff()
-        next_resync = self._clock.monotonic() + self._resync if self._resync > 0 else None
-        seen = -1
+        """Read the Pod, then write whenever the desired condition differs from the server's,
+        re-reading every ``resync`` seconds. Returns only when the Pod is gone."""
+        need_read = True
+        next_resync: float | None = None
         while self.status.api is not ApiHealth.POD_GONE:
+            await self._sleep_backoff()
             seen = self._results.version
-            if self._ready_to_write():
-                await self._write_changes()
-            now = self._clock.monotonic()
-            deadlines = [d for d in (next_resync, self._retry_at) if d is not None]
-            wait = min(deadlines) - now if deadlines else None
+            if need_read or (next_resync is not None and self._clock.monotonic() >= next_resync):
+                need_read = not await self._sync()
+                if need_read:
+                    continue  # back off, then read again: writes wait for a fresh view
+                if self._resync > 0:
+                    next_resync = self._clock.monotonic() + self._resync
+            if not await self._write_changes():
+                continue  # back off, then write whatever the checks say by then
+            wait = None if next_resync is None else next_resync - self._clock.monotonic()
             await self._wait_for_change(seen, wait)
-            if next_resync is not None and self._clock.monotonic() >= next_resync:
-                await self._sync()
-                next_resync = self._clock.monotonic() + self._resync
 
     async def write_stopped(self) -> None:
         """GATE_ON_SHUTDOWN=false: one quick attempt to write False before exiting."""
@@ -356,11 +402,19 @@ class GateWriter:
             for record in self.status.gates.values()
             if record.condition_type and record.declared
         ]
-        if conditions:
-            response = await self._api.patch_status(
-                status_patch(conditions, self._identity.pod_uid), budget=SHUTDOWN_WRITE_TIMEOUT
+        if not conditions:
+            return
+        response = await self._api.patch_status(
+            status_patch(conditions, self._uid), budget=self._shutdown_timeout
+        )
+        if response.ok:
+            self._log.info("gate_written_on_shutdown", condition_types=[c.type for c in conditions])
+        else:
+            self._log.warning(
+                "gate_not_written_on_shutdown",
+                status=response.status or None,
+                error=response.message,
             )
-            self._log.info("gate_written_on_shutdown", status=response.status or None)
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -373,7 +427,7 @@ class GateWriter:
         pod = response.body or {}
         if not self._same_pod(pod):
             return False
-        self._recovered()
+        self._recovered("get")
         self.status.pod_declares = readiness_gates(pod)
         self._resolve_types()
         conditions = pod_conditions(pod)
@@ -387,13 +441,15 @@ class GateWriter:
 
     def _same_pod(self, pod: JSON) -> bool:
         uid = (pod.get("metadata") or {}).get("uid")
-        if self._identity.pod_uid and uid and uid != self._identity.pod_uid:
+        if self._uid and uid and uid != self._uid:
             self._set_health(
                 ApiHealth.POD_GONE,
-                f"pod {self._pod} now has uid {uid}, not ours ({self._identity.pod_uid}): "
+                f"pod {self._pod} now has uid {uid}, not ours ({self._uid}): "
                 "it was deleted and replaced; this agent stops writing",
             )
             return False
+        if not self._uid and isinstance(uid, str) and uid:
+            self._uid = uid  # without POD_UID: guard against a replacement from now on
         return True
 
     def _resolve_types(self) -> None:
@@ -409,6 +465,9 @@ class GateWriter:
     def _single_gate(self, declared: list[str]) -> str | None:
         if len(declared) == 1:
             return declared[0]
+        if self._warned_unknown_type:
+            return None
+        self._warned_unknown_type = True
         self._log.error(
             "gate_condition_type_unknown",
             readiness_gates=declared,
@@ -430,10 +489,8 @@ class GateWriter:
 
     # --- writing -----------------------------------------------------------------------------
 
-    def _ready_to_write(self) -> bool:
-        return self._retry_at is None or self._clock.monotonic() >= self._retry_at
-
-    async def _write_changes(self) -> None:
+    async def _write_changes(self) -> bool:
+        """PATCH what differs from the server (nothing when nothing does). False on failure."""
         now = self._clock.time()
         gates = self._results.gates()
         changes: list[tuple[GateRecord, Condition, GateState]] = []
@@ -448,13 +505,13 @@ class GateWriter:
             if wanted is not None:
                 changes.append((record, wanted, state))
         if not changes:
-            return
-        patch = status_patch([c for _, c, _ in changes], self._identity.pod_uid)
+            return True
+        patch = status_patch([c for _, c, _ in changes], self._uid)
         response = await self._api.patch_status(patch)
         if not response.ok:
             await self._failed("patch", response)
-            return
-        self._recovered()
+            return False
+        self._recovered("patch")
         self.status.writes += 1
         server = pod_conditions(response.body or {})
         for record, wanted, state in changes:
@@ -471,6 +528,7 @@ class GateWriter:
             )
             if flipped:
                 await self._transitioned(record, wanted, state)
+        return True
 
     async def _transitioned(self, record: GateRecord, wanted: Condition, state: GateState) -> None:
         record.transitions += 1
@@ -521,6 +579,7 @@ class GateWriter:
     async def _failed(self, verb: str, response: ApiResponse) -> None:
         status = response.status
         first_rejection = status == 401 and self.status.api is not ApiHealth.UNAUTHORIZED
+        self._failed_verb = verb
         if status == 401:
             await self._api.reload_credentials()
             self._set_health(ApiHealth.UNAUTHORIZED, "token rejected (401): re-reading it")
@@ -536,7 +595,10 @@ class GateWriter:
         elif status == 429:
             self._set_health(ApiHealth.THROTTLED, f"throttled (429): {response.message}")
         elif status == 0 or status >= 500:
-            self._set_health(ApiHealth.UNAVAILABLE, f"API server unavailable: {response.message}")
+            code = f" ({status})" if status else ""
+            self._set_health(
+                ApiHealth.UNAVAILABLE, f"API server unavailable{code}: {response.message}"
+            )
         else:
             self._set_health(ApiHealth.REJECTED, f"{verb} rejected ({status}): {response.message}")
         # A rotated token is retried at once; a token that stays rejected backs off.
@@ -566,7 +628,11 @@ class GateWriter:
         self.status.api = health
         self.status.api_message = message
 
-    def _recovered(self) -> None:
+    def _recovered(self, verb: str) -> None:
+        """A request succeeded. A refusal of one verb (403, 4xx) is not cured by another verb's
+        success: reading the Pod says nothing about the right to patch its status."""
+        if self.status.api in _PER_VERB and verb != self._failed_verb:
+            return
         if self.status.api is not ApiHealth.OK:
             self._log.info("api_recovered", after=str(self.status.api))
         self.status.api = ApiHealth.OK
@@ -575,8 +641,10 @@ class GateWriter:
         self._retry_at = None
 
     async def _sleep_backoff(self) -> None:
+        """Wait out the delay the last failure scheduled (nothing to wait after a success)."""
         if self._retry_at is not None:
             await self._clock.sleep(max(0.0, self._retry_at - self._clock.monotonic()))
+            self._retry_at = None
 
     async def _wait_for_change(self, seen: int, wait: float | None) -> None:
         if self._results.version != seen or (wait is not None and wait <= 0):
@@ -597,3 +665,4 @@ class GateWriter:
 
 
 _LOUD = frozenset({ApiHealth.FORBIDDEN, ApiHealth.POD_GONE, ApiHealth.REJECTED})
+_PER_VERB = frozenset({ApiHealth.FORBIDDEN, ApiHealth.REJECTED})

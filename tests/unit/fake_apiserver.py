@@ -1,0 +1,379 @@
+"""A fake Kubernetes API server at the HTTP level, for testing the gate writer end to end.
+
+A real aiohttp server on 127.0.0.1 that serves the three requests the agent makes:
+
+- ``GET /api/v1/namespaces/{ns}/pods/{name}``
+- ``PATCH /api/v1/namespaces/{ns}/pods/{name}/status``: strategic merge patch only (415 otherwise);
+  ``status.conditions`` merged by ``type`` like the real server (other conditions kept, fields a
+  patch omits kept, ``lastTransitionTime`` never set by the server); ``metadata.uid`` is a
+  precondition (409 when it differs, with the real server's message)
+- ``POST /api/v1/namespaces/{ns}/events``
+
+Every request is recorded (method, path, headers including Authorization, JSON body, arrival time,
+the status answered). Answers can be scripted per route: the next request(s) get a given
+``Reply`` (an HTTP error with an optional Retry-After, a hang that never answers, a dropped
+connection), or every request does until cleared. ``tokens`` makes the server answer 401 to any
+other bearer token. ``stop()`` closes the listener and every connection (connection refused until
+``start()`` again, on the same port).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import itertools
+import json
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from aiohttp import web
+
+JSON = dict[str, Any]
+STRATEGIC_MERGE = "application/strategic-merge-patch+json"
+
+
+class Route(StrEnum):
+    GET = "get"  # GET the Pod
+    PATCH = "patch"  # PATCH the Pod's status
+    EVENT = "event"  # POST an Event
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reply:
+    """How to answer one request instead of serving it."""
+
+    status: int = 500
+    message: str = ""
+    retry_after: str | None = None
+    hang: bool = False  # never answer (until the server stops)
+    drop: bool = False  # close the connection without an answer
+
+
+Serve = Callable[[web.Request, "Recorded"], web.Response]
+
+HANG = Reply(hang=True)
+DROP = Reply(drop=True)
+
+
+@dataclass(slots=True, kw_only=True)
+class Recorded:
+    method: str
+    path: str
+    route: Route
+    headers: Mapping[str, str]
+    body: Any
+    at: float  # event-loop time (time.monotonic) when the request arrived
+    status: int | None = None  # what the server answered; None: no answer (yet)
+
+    @property
+    def authorization(self) -> str | None:
+        return self.headers.get("Authorization")
+
+    @property
+    def conditions(self) -> list[JSON]:
+        """The conditions a status patch carries."""
+        body = self.body if isinstance(self.body, dict) else {}
+        return list((body.get("status") or {}).get("conditions") or [])
+
+
+def make_pod(
+    *,
+    namespace: str,
+    name: str,
+    uid: str,
+    readiness_gates: Iterable[str],
+    conditions: Iterable[JSON] = (),
+) -> JSON:
+    return {
+        "kind": "Pod",
+        "apiVersion": "v1",
+        "metadata": {"name": name, "namespace": namespace, "uid": uid, "resourceVersion": "1"},
+        "spec": {
+            "containers": [{"name": "app", "image": "tomcat:9"}],
+            "readinessGates": [{"conditionType": t} for t in readiness_gates],
+        },
+        "status": {"phase": "Running", "conditions": [dict(c) for c in conditions]},
+    }
+
+
+def _status(code: int, message: str, reason: str = "") -> JSON:
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
+
+
+_REASONS = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "NotFound",
+    409: "Conflict",
+    415: "UnsupportedMediaType",
+    422: "Invalid",
+    429: "TooManyRequests",
+    500: "InternalError",
+    503: "ServiceUnavailable",
+}
+
+
+class FakeApiServer:
+    def __init__(self, pod: JSON) -> None:
+        meta = pod["metadata"]
+        self.namespace: str = meta["namespace"]
+        self.name: str = meta["name"]
+        self.pod: JSON | None = copy.deepcopy(pod)  # None: deleted
+        self.requests: list[Recorded] = []
+        self.events: list[JSON] = []
+        self.tokens: set[str] | None = None  # bearer tokens accepted; None: any
+        self._scripted: dict[Route, deque[Reply]] = {route: deque() for route in Route}
+        self._always: dict[Route, Reply] = {}
+        self._names = itertools.count(1)
+        self._arrived = asyncio.Event()
+        self._release = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        """Listen (again, on the same port once one was chosen)."""
+        app = web.Application()
+        base = "/api/v1/namespaces/{namespace}"
+        app.router.add_get(base + "/pods/{name}", self._get)
+        app.router.add_patch(base + "/pods/{name}/status", self._patch)
+        app.router.add_post(base + "/events", self._event)
+        runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.2)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, "127.0.0.1", self.port).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        """Close the listener and every connection; hung requests are let go first."""
+        if self._runner is None:
+            return
+        self._release.set()
+        runner, self._runner = self._runner, None
+        await runner.cleanup()
+        self._release = asyncio.Event()
+
+    # --- scripting ---------------------------------------------------------------------------
+
+    def script(self, route: Route, *replies: Reply) -> None:
+        """The next requests on ``route`` get these replies, one each, in order."""
+        self._scripted[route].extend(replies)
+
+    def fail(self, reply: Reply | None, *routes: Route) -> None:
+        """Every request on ``routes`` (default: all) gets ``reply`` until ``fail(None)``."""
+        for route in routes or tuple(Route):
+            if reply is None:
+                self._always.pop(route, None)
+            else:
+                self._always[route] = reply
+
+    # --- the Pod -----------------------------------------------------------------------------
+
+    def condition(self, condition_type: str) -> JSON | None:
+        for found in self._conditions():
+            if found.get("type") == condition_type:
+                return dict(found)
+        return None
+
+    def set_condition(self, condition: JSON) -> None:
+        """Change a condition behind the agent's back (as another writer would)."""
+        conditions = self._conditions()
+        for index, found in enumerate(conditions):
+            if found.get("type") == condition["type"]:
+                conditions[index] = dict(condition)
+                return
+        conditions.append(dict(condition))
+
+    def replace_pod(self, uid: str) -> None:
+        """Delete the Pod and create one with the same name (a StatefulSet replacement)."""
+        assert self.pod is not None
+        pod = copy.deepcopy(self.pod)
+        pod["metadata"]["uid"] = uid
+        pod["status"]["conditions"] = []
+        self.pod = pod
+
+    def _conditions(self) -> list[JSON]:
+        assert self.pod is not None
+        conditions: list[JSON] = self.pod["status"].setdefault("conditions", [])
+        return conditions
+
+    # --- what happened -----------------------------------------------------------------------
+
+    def of(self, route: Route | None = None) -> list[Recorded]:
+        return [r for r in self.requests if route is None or r.route is route]
+
+    def served(self, route: Route | None = None) -> list[Recorded]:
+        """Requests answered with success."""
+        return [r for r in self.of(route) if r.status is not None and 200 <= r.status < 300]
+
+    async def wait_for(
+        self, route: Route | None = None, *, count: int = 1, within: float = 5.0
+    ) -> list[Recorded]:
+        """Wait until ``count`` requests on ``route`` have arrived (answered or not)."""
+        async with asyncio.timeout(within):
+            while len(self.of(route)) < count:
+                arrived = self._arrived
+                await arrived.wait()
+        return self.of(route)
+
+    # --- handlers ----------------------------------------------------------------------------
+
+    async def _get(self, request: web.Request) -> web.StreamResponse:
+        record = await self._record(request, Route.GET)
+        return await self._answer(request, record, self._serve_get)
+
+    async def _patch(self, request: web.Request) -> web.StreamResponse:
+        record = await self._record(request, Route.PATCH)
+        return await self._answer(request, record, self._serve_patch)
+
+    async def _event(self, request: web.Request) -> web.StreamResponse:
+        record = await self._record(request, Route.EVENT)
+        return await self._answer(request, record, self._serve_event)
+
+    async def _record(self, request: web.Request, route: Route) -> Recorded:
+        raw = await request.read()
+        body: Any = None
+        if raw:
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = raw.decode(errors="replace")
+        record = Recorded(
+            method=request.method,
+            path=request.path,
+            route=route,
+            headers=dict(request.headers),
+            body=body,
+            at=asyncio.get_running_loop().time(),
+        )
+        self.requests.append(record)
+        self._arrived.set()
+        self._arrived = asyncio.Event()
+        return record
+
+    async def _answer(
+        self, request: web.Request, record: Recorded, serve: Serve
+    ) -> web.StreamResponse:
+        queue = self._scripted[record.route]
+        reply = queue.popleft() if queue else self._always.get(record.route)
+        if reply is not None and reply.hang:
+            await self._release.wait()  # the server stops; the client gave up long ago
+            return self._error(503, "the fake API server is stopping")  # status stays None
+        if reply is not None and reply.drop:
+            assert request.transport is not None
+            request.transport.abort()
+            # Nothing reaches the client; aiohttp drops what the handler returns.
+            return web.Response(status=500)
+        response: web.Response
+        if reply is not None:
+            response = self._error(reply.status, reply.message or _REASONS.get(reply.status, ""))
+            if reply.retry_after is not None:
+                response.headers["Retry-After"] = reply.retry_after
+        elif self.tokens is not None and record.authorization not in {
+            f"Bearer {t}" for t in self.tokens
+        }:
+            response = self._error(401, "Unauthorized")
+        elif request.match_info["namespace"] != self.namespace or (
+            "name" in request.match_info
+            and (self.pod is None or request.match_info["name"] != self.name)
+        ):
+            response = self._error(404, f'pods "{request.match_info.get("name")}" not found')
+        else:
+            response = serve(request, record)
+        record.status = response.status
+        return response
+
+    @staticmethod
+    def _error(code: int, message: str) -> web.Response:
+        return web.json_response(_status(code, message, _REASONS.get(code, "")), status=code)
+
+    def _serve_get(self, request: web.Request, record: Recorded) -> web.Response:
+        return web.json_response(self.pod)
+
+    def _serve_patch(self, request: web.Request, record: Recorded) -> web.Response:
+        assert self.pod is not None
+        if request.content_type != STRATEGIC_MERGE:
+            return self._error(415, f"the body of the request was in an unknown format: "
+                               f"accepted media types include: {STRATEGIC_MERGE}")  # fmt: skip
+        patch = record.body
+        if not isinstance(patch, dict):
+            return self._error(400, "the request body is not a JSON object")
+        wanted_uid = (patch.get("metadata") or {}).get("uid")
+        uid = self.pod["metadata"]["uid"]
+        if wanted_uid is not None and wanted_uid != uid:
+            return self._error(
+                409,
+                f'Operation cannot be fulfilled on pods "{self.name}": Precondition failed: '
+                f"UID in precondition: {wanted_uid}, UID in object meta: {uid}",
+            )
+        status_patch = patch.get("status") or {}
+        pod = copy.deepcopy(self.pod)
+        for key, value in status_patch.items():
+            if key == "conditions":
+                problem = _merge_conditions(pod["status"].setdefault("conditions", []), value)
+                if problem:
+                    return self._error(422, f'Pod "{self.name}" is invalid: {problem}')
+            else:
+                pod["status"][key] = _merge(pod["status"].get(key), value)
+        pod["metadata"]["resourceVersion"] = str(int(pod["metadata"]["resourceVersion"]) + 1)
+        self.pod = pod
+        return web.json_response(pod)
+
+    def _serve_event(self, request: web.Request, record: Recorded) -> web.Response:
+        event = dict(record.body) if isinstance(record.body, dict) else {}
+        meta = dict(event.get("metadata") or {})
+        meta["name"] = f"{meta.get('generateName', 'event.')}{next(self._names):05d}"
+        meta["namespace"] = self.namespace
+        event["metadata"] = meta
+        self.events.append(event)
+        return web.json_response(event, status=201)
+
+
+def _merge(old: Any, new: Any) -> Any:
+    """Strategic merge for plain maps: recursive, ``null`` deletes, lists are replaced."""
+    if not isinstance(new, dict) or not isinstance(old, dict):
+        return copy.deepcopy(new)
+    merged = dict(old)
+    for key, value in new.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = _merge(old.get(key), value)
+    return merged
+
+
+def _merge_conditions(conditions: list[JSON], patch: Any) -> str | None:
+    """Merge by ``type`` (patchMergeKey of PodStatus.conditions); a problem message or None."""
+    if not isinstance(patch, list):
+        return "status.conditions: must be a list"
+    for index, item in enumerate(patch):
+        if not isinstance(item, dict) or not isinstance(item.get("type"), str):
+            return f"status.conditions[{index}].type: Required value"
+        for existing_index, existing in enumerate(conditions):
+            if existing.get("type") == item["type"]:
+                conditions[existing_index] = _merge(existing, item)
+                break
+        else:
+            conditions.append({k: v for k, v in item.items() if v is not None})
+    return None
