@@ -17,7 +17,7 @@ from sidecar import __version__
 from sidecar.checks import build_check
 from sidecar.clock import SystemClock
 from sidecar.config import ConfigError, Settings, load_settings
-from sidecar.model import CheckResult
+from sidecar.prober import probe
 from sidecar.results import CheckState, Results
 
 EXIT_OK = 0
@@ -73,16 +73,12 @@ async def _check_once(settings: Settings) -> int:
     for spec in settings.checks:
         check = build_check(spec, clock)
         try:
-            async with asyncio.timeout(spec.timing.timeout):
-                result = await check.probe()
-            ok, detail = result.ok, result.detail
-        except TimeoutError:
-            ok, detail = False, f"timed out after {spec.timing.timeout:g}s"
+            result = await probe(check, clock)
         finally:
             await check.aclose()
-        print(f"{'PASS' if ok else 'FAIL'}  {spec.label}: {detail}")
-        state = CheckState.READY if ok else CheckState.NOT_READY
-        results.update(spec.id, CheckResult(ok=ok, detail=detail, at=clock.time()), state)
+        print(f"{'PASS' if result.ok else 'FAIL'}  {spec.label}: {result.detail}")
+        state = CheckState.READY if result.ok else CheckState.NOT_READY
+        results.update(spec.id, result, state)
     every_gate_passes = True
     for key, gate in results.gates().items():
         every_gate_passes &= gate.ok

@@ -52,6 +52,8 @@ def timestamp(epoch_seconds: float) -> str:
 def pod_conditions(pod: Mapping[str, Any]) -> dict[str, Condition]:
     found: dict[str, Condition] = {}
     for raw in (pod.get("status") or {}).get("conditions") or []:
+        if not isinstance(raw, dict):
+            continue
         kind = raw.get("type")
         if isinstance(kind, str) and kind not in found:
             found[kind] = Condition(
@@ -109,7 +111,8 @@ def stopped_condition(condition_type: str, current: Condition | None, now: float
         status="False",
         reason=str(GateReason.STOPPED),
         message=state.message,
-        last_transition_time=current.last_transition_time if current else timestamp(now),
+        # every patch carries a transition time (the server keeps none of its own)
+        last_transition_time=(current.last_transition_time if current else None) or timestamp(now),
     )
 
 

@@ -18,6 +18,8 @@ Variables, with their defaults:
     GATE_WRITE                true | false: write the condition at all                   [true]
     GATE_ON_SHUTDOWN          keep | false: the condition when the agent stops           [keep]
     GATE_EVENTS               true | false: record Events when the condition changes     [true]
+    GATE_EVENT_DRIVEN         true | false: log and file checks probe as soon as the file
+                              changes (false: only on their period, like a kubelet probe) [true]
     GATE_LOG_LEVEL            debug | info | warning | error                             [info]
     GATE_TOKEN_DIR            the service-account token's directory
                               [/var/run/secrets/kubernetes.io/serviceaccount]
@@ -110,6 +112,7 @@ SETTINGS = (
     "WRITE",
     "ON_SHUTDOWN",
     "EVENTS",
+    "EVENT_DRIVEN",
     "LOG_LEVEL",
     "TOKEN_DIR",
     "CONFIG_FILE",
@@ -163,6 +166,7 @@ class Settings:
     write: bool = True
     on_shutdown: ShutdownPolicy = ShutdownPolicy.KEEP
     events: bool = True
+    event_driven: bool = True
     log_level: str = "info"
     api: ApiAccess = ApiAccess()
     config_file: Path | None = None
@@ -188,6 +192,7 @@ class Settings:
             "write": self.write,
             "on_shutdown": str(self.on_shutdown),
             "events": self.events,
+            "event_driven": self.event_driven,
             "log_level": self.log_level,
             "identity": None
             if identity is None
@@ -328,6 +333,7 @@ def _settings(r: _Reader, *, require_api: bool) -> Settings:
     write = r.get("GATE_WRITE", p.boolean, True)
     on_shutdown = r.get("GATE_ON_SHUTDOWN", p.choice(ShutdownPolicy), ShutdownPolicy.KEEP)
     events = r.get("GATE_EVENTS", p.boolean, True)
+    event_driven = r.get("GATE_EVENT_DRIVEN", p.boolean, True)
     log_level = r.get("GATE_LOG_LEVEL", _log_level, "info")
     token_dir = r.get("GATE_TOKEN_DIR", p.absolute_path, DEFAULT_TOKEN_DIR)
     _unknown_settings(r)
@@ -346,6 +352,7 @@ def _settings(r: _Reader, *, require_api: bool) -> Settings:
         write=write,
         on_shutdown=on_shutdown,
         events=events,
+        event_driven=event_driven,
         log_level=log_level,
         api=_api(r, token_dir, required=needs_api),
         config_file=Path(r.file) if r.file else None,

@@ -18,7 +18,7 @@ import structlog
 from sidecar.checks.base import Check
 from sidecar.clock import Clock
 from sidecar.metrics import Metrics
-from sidecar.model import CheckResult
+from sidecar.model import CheckResult, bounded
 from sidecar.results import CheckState, Results, Threshold
 
 _STATE_VALUE = {CheckState.READY: 1, CheckState.NOT_READY: 0, CheckState.PENDING: -1}
@@ -33,6 +33,7 @@ class Worker:
         clock: Clock,
         rng: random.Random,
         metrics: Metrics,
+        event_driven: bool = True,
     ) -> None:
         self.check = check
         self.spec = check.spec
@@ -46,6 +47,7 @@ class Worker:
         self._last: CheckResult | None = None
         self._wake = asyncio.Event()
         self._log = structlog.get_logger().bind(check=self.spec.id, kind=str(self.spec.kind))
+        self._event_driven = event_driven
         self.started_at = clock.monotonic()
         self.last_probe_at: float | None = None
 
@@ -53,20 +55,29 @@ class Worker:
         """True when this worker has stopped probing (for /healthz)."""
         timing = self.spec.timing
         allowance = 2 * (timing.period + timing.timeout) + 5
-        reference = self.last_probe_at or self.started_at + timing.initial_delay
+        reference = (
+            self.started_at + timing.initial_delay
+            if self.last_probe_at is None
+            else self.last_probe_at
+        )
         return now - reference > allowance
 
     async def run(self) -> None:
         self._metrics.check_ready.labels(self.spec.id, self.spec.kind).set(-1)
-        wakeups = self.check.wakeups()
+        self.started_at = self._clock.monotonic()
+        wakeups = self.check.wakeups() if self._event_driven else None
         async with asyncio.TaskGroup() as group:
             if wakeups is not None:
                 group.create_task(self._pump(wakeups), name=f"wakeups-{self.spec.id}")
             await self._loop()
 
     async def _pump(self, wakeups: AsyncIterator[None]) -> None:
-        async for _ in wakeups:
-            self._wake.set()
+        # A broken source of events must not stop the worker: the periodic probes go on.
+        try:
+            async for _ in wakeups:
+                self._wake.set()
+        except Exception:
+            self._log.exception("wakeups_failed", effect="probing on the period only")
 
     async def _loop(self) -> None:
         timing = self.spec.timing
@@ -108,26 +119,7 @@ class Worker:
         return False
 
     async def probe_once(self) -> CheckResult:
-        timeout = self.spec.timing.timeout
-        started = self._clock.monotonic()
-        try:
-            async with asyncio.timeout(timeout):
-                result = await self.check.probe()
-        except TimeoutError:
-            result = CheckResult(
-                ok=False,
-                detail=f"timed out after {timeout:g}s",
-                at=self._clock.time(),
-                duration=self._clock.monotonic() - started,
-            )
-        except Exception as exc:  # a defect in one check must not stop the agent
-            self._log.exception("check_error")
-            result = CheckResult(
-                ok=False,
-                detail=f"check error: {type(exc).__name__}: {exc}"[:200],
-                at=self._clock.time(),
-                duration=self._clock.monotonic() - started,
-            )
+        result = await probe(self.check, self._clock)
         self.last_probe_at = self._clock.monotonic()
         labels = (self.spec.id, self.spec.kind)
         self._metrics.check_duration.labels(*labels).observe(result.duration)
@@ -147,3 +139,20 @@ class Worker:
             self._log.info("check_state_changed", state=str(state), detail=result.detail)
         elif new_evidence:
             self._log.debug("check_evidence_changed", ok=result.ok, detail=result.detail)
+
+
+async def probe(check: Check, clock: Clock) -> CheckResult:
+    """One probe bounded by the check's timeout; a timeout or a defect is a failed result."""
+    timeout = check.spec.timing.timeout
+    started = clock.monotonic()
+    try:
+        async with asyncio.timeout(timeout):
+            return await check.probe()
+    except TimeoutError:
+        detail = f"timed out after {timeout:g}s"
+    except Exception as exc:  # a defect in one check must not stop the agent
+        structlog.get_logger().exception("check_error", check=check.spec.id)
+        detail = bounded(f"check error: {type(exc).__name__}: {exc}", 200)
+    return CheckResult(
+        ok=False, detail=detail, at=clock.time(), duration=clock.monotonic() - started
+    )

@@ -51,7 +51,14 @@ class Agent:
         self.checks: list[Check] = [build_check(spec, self.clock) for spec in settings.checks]
         self.results = Results(settings.checks, settings.mode)
         self.workers = [
-            Worker(c, self.results, clock=self.clock, rng=rng, metrics=self.metrics)
+            Worker(
+                c,
+                self.results,
+                clock=self.clock,
+                rng=rng,
+                metrics=self.metrics,
+                event_driven=settings.event_driven,
+            )
             for c in self.checks
         ]
         self.api: PodApi | None = None
@@ -77,16 +84,17 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         log = structlog.get_logger()
-        await self.server.start()
-        log.info(
-            "agent_started",
-            version=__version__,
-            listening=self.server.addresses,
-            config=self.settings.describe(),
-        )
-        for warning in self.settings.warnings:
-            log.warning("config_warning", message=warning)
         try:
+            # inside the try: a server that cannot listen (port in use) still closes the rest
+            await self.server.start()
+            log.info(
+                "agent_started",
+                version=__version__,
+                listening=self.server.addresses,
+                config=self.settings.describe(),
+            )
+            for warning in self.settings.warnings:
+                log.warning("config_warning", message=warning)
             async with asyncio.TaskGroup() as group:
                 for worker in self.workers:
                     self._spawn(group, f"check-{worker.spec.id}", worker.run())
@@ -143,8 +151,9 @@ class Agent:
         for key, state in self.results.gates().items():
             record = writer.gates.get(key) if writer else None
             server = record.server if record else None
-            gates[key or "(the Pod's readiness gate)"] = {
-                "condition_type": (record.condition_type if record else None) or key,
+            condition_type = (record.condition_type if record else None) or key
+            gates[condition_type or "(the Pod's readiness gate)"] = {
+                "condition_type": condition_type,
                 "desired": {
                     "status": "Pending" if state.pending else str(state.ok),
                     "reason": str(state.reason),

@@ -20,6 +20,7 @@ from tests.harness.workloads import (
     create_namespace,
     create_pod,
     delete_namespace,
+    install_admission_policy,
 )
 
 
@@ -31,12 +32,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def control_plane(pytestconfig: pytest.Config) -> Iterator[ControlPlane]:
-    """One control plane for the whole session; built on first use, with visible progress."""
+    """One control plane for the whole session; built on first use, with visible progress.
+
+    The shipped ValidatingAdmissionPolicy (examples/rbac/) is installed before any test runs, so
+    every end-to-end test also proves that the agent's writes pass it.
+    """
     capture = pytestconfig.pluginmanager.getplugin("capturemanager")
-    stack = contextlib.ExitStack()
-    with capture.global_and_fixture_disabled():
-        plane = stack.enter_context(ControlPlane.started(log=sys.stderr))
-    with stack:
+    with contextlib.ExitStack() as stack:
+        with capture.global_and_fixture_disabled():
+            plane = stack.enter_context(ControlPlane.started(log=sys.stderr))
+            install_admission_policy(plane)
         yield plane
 
 

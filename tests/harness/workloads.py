@@ -2,16 +2,45 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
 
 from tests.harness.cluster import NODE_NAME, ControlPlane
-from tests.harness.kube import JSON, ApiError, KubeClient, condition_status, wait_for
+from tests.harness.kube import (
+    JSON,
+    STRATEGIC,
+    ApiError,
+    KubeClient,
+    condition_status,
+    wait_for,
+)
+from tests.harness.tokens import request_token
 
 GATE = "example.com/legacy-ready"
-AGENT_SA = "gate-agent"
+RBAC_DIR = Path(__file__).resolve().parents[2] / "examples" / "rbac"
+AGENT_RBAC_MANIFEST = RBAC_DIR / "agent-rbac.yaml"
+POLICY_MANIFEST = RBAC_DIR / "validating-admission-policy.yaml"
+# The ServiceAccount name the shipped manifests use, and that the admission policy recognises.
+AGENT_SA = "readiness-gate-sidecar"
+POLICY_NAME = "readiness-gate-sidecar.example.com"
+# kind -> (API group, version, plural) for what the shipped manifests contain.
+_RESOURCES = {
+    "ServiceAccount": ("", "v1", "serviceaccounts"),
+    "Role": ("rbac.authorization.k8s.io", "v1", "roles"),
+    "RoleBinding": ("rbac.authorization.k8s.io", "v1", "rolebindings"),
+    "ValidatingAdmissionPolicy": (
+        "admissionregistration.k8s.io", "v1", "validatingadmissionpolicies"
+    ),
+    "ValidatingAdmissionPolicyBinding": (
+        "admissionregistration.k8s.io", "v1", "validatingadmissionpolicybindings"
+    ),
+}  # fmt: skip
 _counter = itertools.count()
 
 
@@ -122,27 +151,111 @@ def endpoint_ready(client: KubeClient, namespace: str, service: str, pod: str) -
     return None
 
 
+def rbac_manifests() -> list[JSON]:
+    """The shipped namespaced manifests (examples/rbac/agent-rbac.yaml), in file order."""
+    return _load_yaml(AGENT_RBAC_MANIFEST)
+
+
+def policy_manifests() -> list[JSON]:
+    """The shipped ValidatingAdmissionPolicy and its binding (cluster-scoped)."""
+    return _load_yaml(POLICY_MANIFEST)
+
+
+def _load_yaml(path: Path) -> list[JSON]:
+    with path.open() as stream:
+        return [doc for doc in yaml.safe_load_all(stream) if doc]
+
+
+def _collection(kind: str, namespace: str | None = None) -> str:
+    group, version, plural = _RESOURCES[kind]
+    base = f"/api/{version}" if not group else f"/apis/{group}/{version}"
+    return f"{base}/namespaces/{namespace}/{plural}" if namespace else f"{base}/{plural}"
+
+
+def _renamed(manifest: JSON, name: str) -> JSON:
+    """Rename every object of the agent's RBAC (and the references between them) to ``name``."""
+    renamed = copy.deepcopy(manifest)
+    renamed["metadata"]["name"] = name
+    if "roleRef" in renamed:
+        renamed["roleRef"]["name"] = name
+    for subject in renamed.get("subjects") or []:
+        subject["name"] = name
+    return renamed
+
+
 def create_agent_rbac(client: KubeClient, namespace: str, name: str = AGENT_SA) -> None:
-    """The agent's namespaced grant, as documented: read pods, patch pods/status, write events."""
-    base = f"/apis/rbac.authorization.k8s.io/v1/namespaces/{namespace}"
-    client.post(f"/api/v1/namespaces/{namespace}/serviceaccounts", {"metadata": {"name": name}})
-    client.post(
-        f"{base}/roles",
-        {
-            "metadata": {"name": name},
-            "rules": [
-                {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
-                {"apiGroups": [""], "resources": ["pods/status"], "verbs": ["patch"]},
-                {"apiGroups": ["", "events.k8s.io"], "resources": ["events"],
-                 "verbs": ["create", "patch"]},
-            ],
-        },
-    )  # fmt: skip
-    client.post(
-        f"{base}/rolebindings",
-        {
-            "metadata": {"name": name},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
-        },
-    )
+    """Apply examples/rbac/agent-rbac.yaml in ``namespace`` as `kubectl apply -n` would.
+
+    Only ``metadata.namespace`` is set; the RoleBinding's subject keeps its implicit namespace, so
+    this also proves the shipped file works as documented. With another ``name`` every object is
+    renamed consistently (a ServiceAccount that the admission policy does not recognise).
+    """
+    for manifest in rbac_manifests():
+        body = _renamed(manifest, name) if name != AGENT_SA else copy.deepcopy(manifest)
+        assert "namespace" not in body["metadata"], "shipped RBAC manifests must be namespace-free"
+        body["metadata"]["namespace"] = namespace
+        client.post(_collection(body["kind"], namespace), body)
+
+
+def install_admission_policy(plane: ControlPlane, *, timeout: float = 30) -> None:
+    """Create or update the shipped policy and binding; return once the API server enforces them.
+
+    Idempotent: a second call (or a policy left from an earlier call) updates the objects in place.
+    Enforcement starts asynchronously (the admission plugin watches policies), so this waits until a
+    request that the policy must deny is denied: a dry-run status patch by the agent's
+    ServiceAccount with a token not bound to any Pod, in a scratch namespace. (After an update,
+    the previous version may still be what denies it, for a moment.)
+    """
+    client = plane.admin
+    for manifest in policy_manifests():
+        path = _collection(manifest["kind"])
+        name = manifest["metadata"]["name"]
+        try:
+            current = client.get(f"{path}/{name}")
+        except ApiError as err:
+            if err.status != 404:
+                raise
+            client.post(path, manifest)
+            continue
+        body = copy.deepcopy(manifest)
+        body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+        client.put(f"{path}/{name}", body)
+    _wait_until_policy_enforced(plane, timeout)
+
+
+def _wait_until_policy_enforced(plane: ControlPlane, timeout: float) -> None:
+    client = plane.admin
+    namespace = create_namespace(plane, unique_name("policy-probe"))
+    try:
+        create_agent_rbac(client, namespace)
+        probe = pod_manifest("probe", service_account=AGENT_SA)
+        del probe["spec"]["nodeName"]  # no scheduler runs: the Pod stays Pending, untouched
+        client.post(f"/api/v1/namespaces/{namespace}/pods", probe)
+        token = request_token(client, namespace, AGENT_SA, pod=None, seconds=600)
+        agent = client.with_token(token, plane.pki.ca_cert)
+        path = f"/api/v1/namespaces/{namespace}/pods/probe/status"
+        patch = {"status": {"conditions": [{"type": GATE, "status": "True"}]}}
+        last = ["no answer yet"]
+
+        def denied() -> bool:
+            try:
+                agent.request("PATCH", path, patch, content_type=STRATEGIC, query={"dryRun": "All"})
+            except ApiError as err:
+                if err.status == 403 and POLICY_NAME in err.message:
+                    return True
+                if err.status != 403:  # 403 from RBAC: the new RoleBinding is not seen yet
+                    raise
+                last[0] = err.message
+            else:
+                last[0] = "the dry-run patch was allowed"
+            return False
+
+        wait_for(
+            f"the API server to enforce {POLICY_NAME}",
+            denied,
+            timeout=timeout,
+            interval=0.2,
+            describe=lambda: f"last answer: {last[0]}",
+        )
+    finally:
+        delete_namespace(plane, namespace)

@@ -1,0 +1,472 @@
+"""The prober worker on a fake clock: schedule, jitter, timeouts, errors, events, thresholds."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import random
+from collections.abc import AsyncIterator
+
+import pytest
+from structlog.testing import capture_logs
+
+from sidecar.metrics import Metrics
+from sidecar.model import GateMode, Timing
+from sidecar.prober import Worker
+from sidecar.results import CheckState, Results
+from tests.unit.fakes import HANG, FakeCheck, FakeClock, Slow, Step, make_spec, settle
+
+SEED = 5
+PERIOD = 8.0  # with SEED, the jitter before the second probe is about 5 s: well inside the period
+START = 1000.0
+
+
+def jitter(seed: int = SEED, period: float = PERIOD) -> float:
+    """The pause before the second probe that a worker with ``random.Random(seed)`` draws."""
+    return random.Random(seed).uniform(0, period)
+
+
+class Rig:
+    """A worker for one ``FakeCheck`` on a ``FakeClock``, with its results and metrics."""
+
+    def __init__(
+        self,
+        script: list[Step] | None = None,
+        *,
+        timing: Timing | None = None,
+        events: bool = False,
+        seed: int = SEED,
+    ) -> None:
+        self.clock = FakeClock(start=START)
+        timing = timing or Timing(period=PERIOD)
+        spec = make_spec("APP", timing=timing)
+        self.check = FakeCheck(spec, self.clock, script or [(True, "fine")], events=events)
+        self.results = Results([spec], GateMode.ALL)
+        self.metrics = Metrics()
+        self.worker = Worker(
+            self.check,
+            self.results,
+            clock=self.clock,
+            rng=random.Random(seed),
+            metrics=self.metrics,
+        )
+
+    @property
+    def probes(self) -> int:
+        return len(self.check.probed_at)
+
+    def state(self) -> CheckState:
+        return self.results.checks["APP"].state
+
+    @property
+    def detail(self) -> str | None:
+        last = self.results.checks["APP"].last
+        return None if last is None else last.detail
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        return self.metrics.registry.get_sample_value(
+            name, {"check": "APP", "kind": "file", **labels}
+        )
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[asyncio.Task[None]]:
+        task = asyncio.create_task(self.worker.run(), name="worker-under-test")
+        await settle()
+        try:
+            yield task
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+async def first_result(rig: Rig) -> None:
+    """Wait (in real time: a probe timeout is real time) for the worker's first result."""
+    async with asyncio.timeout(5):
+        while rig.results.checks["APP"].last is None:
+            await rig.results.wait_changed(rig.results.version)
+    await settle()
+
+
+# --- schedule ------------------------------------------------------------------------------------
+
+
+async def test_no_probe_runs_before_the_initial_delay() -> None:
+    rig = Rig(timing=Timing(initial_delay=4.0, period=PERIOD))
+    async with rig.running():
+        await rig.clock.advance(3.5)
+
+        assert rig.probes == 0
+        assert rig.results.checks["APP"].state is CheckState.PENDING
+        assert rig.metric("readiness_gate_check_ready") == -1
+
+
+async def test_first_probe_runs_right_after_the_initial_delay() -> None:
+    rig = Rig(timing=Timing(initial_delay=4.0, period=PERIOD))
+    async with rig.running():
+        await rig.clock.advance(4.0)
+
+        assert rig.check.probed_at == [START + 4.0]
+        assert rig.state() is CheckState.READY
+
+
+async def test_first_probe_runs_at_once_without_an_initial_delay() -> None:
+    rig = Rig()
+    async with rig.running():
+        assert rig.check.probed_at == [START]
+
+
+async def test_second_probe_comes_after_a_random_fraction_of_the_period() -> None:
+    rig = Rig(timing=Timing(initial_delay=4.0, period=PERIOD))
+    first = START + 4.0
+    assert 0.25 < jitter() < PERIOD - 0.5  # the seed gives a real fraction, not 0 or a period
+    async with rig.running():
+        await rig.clock.advance(4.0 + jitter() - 0.25)
+        assert rig.probes == 1
+
+        await rig.clock.advance(0.5)
+
+        assert rig.check.probed_at == [first, pytest.approx(first + jitter())]
+
+
+async def test_after_the_second_probe_one_probe_runs_per_period() -> None:
+    rig = Rig()
+    async with rig.running():
+        await rig.clock.advance(jitter())
+        assert rig.probes == 2
+
+        for n in range(1, 4):
+            await rig.clock.advance(PERIOD - 0.25)
+            assert rig.probes == n + 1
+            await rig.clock.advance(0.25)
+            assert rig.probes == n + 2
+
+        gaps = [b - a for a, b in itertools.pairwise(rig.check.probed_at[1:])]
+        assert gaps == pytest.approx([PERIOD] * 3)
+
+
+async def probe_times(seed: int) -> list[float]:
+    rig = Rig(seed=seed)
+    async with rig.running():
+        for _ in range(4):
+            await rig.clock.advance(PERIOD)
+    return [t - START for t in rig.check.probed_at]
+
+
+async def test_the_jitter_is_deterministic_for_a_seed() -> None:
+    first = await probe_times(SEED)
+
+    assert await probe_times(SEED) == first
+    assert first[1] == pytest.approx(jitter(SEED))
+    assert (await probe_times(SEED + 1))[1] == pytest.approx(jitter(SEED + 1))
+    assert jitter(SEED + 1) != pytest.approx(jitter(SEED))
+
+
+async def test_a_slow_probe_does_not_cause_catch_up_probes() -> None:
+    fine = (True, "fine")
+    rig = Rig([fine, Slow(5.0, fine), fine], timing=Timing(period=1.0, timeout=10.0))
+    second = START + jitter(period=1.0)
+    async with rig.running():
+        await rig.clock.advance(jitter(period=1.0) + 7.0)
+
+    # the probe after the slow one runs when it ends, then the period resumes: no burst
+    assert rig.check.probed_at == pytest.approx(
+        [START, second, second + 5.0, second + 6.0, second + 7.0]
+    )
+
+
+# --- timeouts and errors -------------------------------------------------------------------------
+
+
+async def test_a_probe_that_exceeds_its_timeout_fails_and_is_cancelled() -> None:
+    rig = Rig([HANG], timing=Timing(period=PERIOD, timeout=1.0))
+
+    result = await rig.worker.probe_once()
+
+    assert (result.ok, result.detail) == (False, "timed out after 1s")
+    assert rig.check.cancelled == 1
+    assert rig.metric("readiness_gate_check_results_total", result="failure") == 1
+
+
+async def test_the_worker_goes_on_probing_after_a_timeout() -> None:
+    rig = Rig([HANG, (True, "fine")], timing=Timing(period=PERIOD, timeout=0.05))
+    async with rig.running() as task:
+        await first_result(rig)
+        assert rig.detail == "timed out after 0.05s"
+        assert rig.check.cancelled == 1
+
+        await rig.clock.advance(jitter())
+
+        assert rig.probes == 2
+        assert rig.detail == "fine"
+        assert not task.done()
+
+
+async def test_an_exception_in_a_check_becomes_a_failed_result_and_the_worker_goes_on() -> None:
+    timing = Timing(period=PERIOD, failure_threshold=1)
+    rig = Rig([RuntimeError("boom"), (True, "fine")], timing=timing)
+    with capture_logs() as logs:
+        async with rig.running() as task:
+            last = rig.results.checks["APP"].last
+            assert last is not None
+            assert (last.ok, last.detail) == (False, "check error: RuntimeError: boom")
+            assert rig.state() is CheckState.NOT_READY
+
+            await rig.clock.advance(jitter())
+
+            assert rig.probes == 2
+            assert (rig.state(), rig.detail) == (CheckState.READY, "fine")
+            assert not task.done()
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["check_error"]
+
+
+async def test_the_detail_of_a_check_error_is_bounded() -> None:
+    rig = Rig([ValueError("x" * 1000)])
+
+    result = await rig.worker.probe_once()
+
+    assert not result.ok
+    assert len(result.detail) == 200
+    assert result.detail.startswith("check error: ValueError: xxx")
+
+
+# --- events --------------------------------------------------------------------------------------
+
+
+async def test_a_wakeup_probes_at_once() -> None:
+    rig = Rig(events=True)
+    async with rig.running():
+        assert rig.probes == 1
+
+        rig.check.trigger()
+        await settle()
+
+        assert rig.check.probed_at == [START, START]
+
+
+async def test_a_wakeup_does_not_shift_the_periodic_schedule() -> None:
+    rig = Rig(events=True)
+    async with rig.running():
+        await rig.clock.advance(1.0)
+        rig.check.trigger()
+        await settle()
+        assert rig.probes == 2
+
+        await rig.clock.advance(jitter() - 1.0)
+
+        assert rig.check.probed_at == [START, START + 1.0, pytest.approx(START + jitter())]
+
+
+async def test_a_wakeup_during_the_initial_delay_is_covered_by_the_first_probe() -> None:
+    rig = Rig(timing=Timing(initial_delay=4.0, period=PERIOD), events=True)
+    async with rig.running():
+        rig.check.trigger()
+        await settle()
+        assert rig.probes == 0
+
+        await rig.clock.advance(4.0)
+
+        assert rig.check.probed_at == [START + 4.0]
+
+
+async def test_a_busy_log_cannot_satisfy_the_success_threshold_at_once() -> None:
+    rig = Rig([(True, "matched")], timing=Timing(period=PERIOD, success_threshold=3), events=True)
+    async with rig.running():
+        for _ in range(10):  # the same evidence, over and over
+            rig.check.trigger()
+            await settle()
+        assert rig.probes == 11
+        assert rig.state() is CheckState.PENDING
+
+        await rig.clock.advance(jitter())
+        assert rig.state() is CheckState.PENDING
+        await rig.clock.advance(PERIOD)
+
+        assert rig.probes == 13
+        assert rig.state() is CheckState.READY
+
+
+async def test_repeated_event_failures_with_the_same_evidence_do_not_count() -> None:
+    rig = Rig([(False, "no match")], timing=Timing(period=PERIOD, failure_threshold=2), events=True)
+    async with rig.running():
+        for _ in range(5):
+            rig.check.trigger()
+            await settle()
+        assert rig.state() is CheckState.PENDING
+
+        await rig.clock.advance(jitter())
+
+        assert rig.state() is CheckState.NOT_READY
+
+
+async def test_an_event_probe_with_new_evidence_counts_at_once() -> None:
+    rig = Rig([(False, "no match"), (True, "matched")], events=True)
+    async with rig.running():
+        assert rig.state() is CheckState.PENDING  # one failure of three
+
+        rig.check.trigger()
+        await settle()
+
+        assert rig.check.probed_at == [START, START]
+        assert (rig.state(), rig.detail) == (CheckState.READY, "matched")
+
+
+async def test_periodic_probes_with_the_same_evidence_always_count() -> None:
+    rig = Rig([(True, "matched")], timing=Timing(period=PERIOD, success_threshold=3))
+    async with rig.running():
+        await rig.clock.advance(jitter())
+        assert rig.state() is CheckState.PENDING
+
+        await rig.clock.advance(PERIOD)
+
+        assert rig.probes == 3
+        assert rig.state() is CheckState.READY
+
+
+async def test_a_failing_wakeups_iterator_leaves_the_worker_probing_on_its_period() -> None:
+    with capture_logs() as logs:
+        rig = Rig(events=True)
+        async with rig.running() as task:
+            rig.check.fail_wakeups(OSError("inotify is gone"))
+            await settle()
+            assert not task.done()
+
+            await rig.clock.advance(jitter())
+            for _ in range(3):
+                await rig.clock.advance(PERIOD)
+
+            assert rig.probes == 5
+            assert not task.done()
+    errors = [e for e in logs if e["log_level"] == "error"]
+    assert [e["event"] for e in errors] == ["wakeups_failed"]
+
+
+async def test_wakeups_that_end_leave_the_worker_probing_on_its_period() -> None:
+    rig = Rig(events=True)
+    async with rig.running() as task:
+        rig.check.end_wakeups()
+        await settle()
+
+        await rig.clock.advance(jitter())
+        await rig.clock.advance(PERIOD)
+
+        assert rig.probes == 3
+        assert not task.done()
+
+
+# --- thresholds and state ------------------------------------------------------------------------
+
+
+async def test_thresholds_drive_the_state_transitions() -> None:
+    script: list[Step] = [
+        (True, "up"),
+        (True, "up"),
+        (False, "down"),
+        (False, "down"),
+        (True, "up"),
+    ]
+    timing = Timing(period=PERIOD, success_threshold=2, failure_threshold=2)
+    rig = Rig(script, timing=timing)
+    seen: list[tuple[CheckState, float | None]] = []
+    async with rig.running():
+        seen.append((rig.state(), rig.metric("readiness_gate_check_ready")))
+        await rig.clock.advance(jitter())
+        for _ in range(4):
+            seen.append((rig.state(), rig.metric("readiness_gate_check_ready")))
+            await rig.clock.advance(PERIOD)
+        seen.append((rig.state(), rig.metric("readiness_gate_check_ready")))
+
+    assert seen == [
+        (CheckState.PENDING, -1),
+        (CheckState.READY, 1),
+        (CheckState.READY, 1),  # one failure of two
+        (CheckState.NOT_READY, 0),
+        (CheckState.NOT_READY, 0),  # one success of two
+        (CheckState.READY, 1),
+    ]
+    assert rig.metric("readiness_gate_check_results_total", result="success") == 4
+    assert rig.metric("readiness_gate_check_results_total", result="failure") == 2
+
+
+async def test_a_state_change_is_recorded_with_the_time_of_the_result() -> None:
+    rig = Rig([(False, "down"), (True, "up")], timing=Timing(period=PERIOD, failure_threshold=1))
+    async with rig.running():
+        await rig.clock.advance(jitter())
+
+    status = rig.results.checks["APP"]
+    assert status.state is CheckState.READY
+    assert status.changed_at == pytest.approx(rig.clock.time())
+
+
+# --- overdue -------------------------------------------------------------------------------------
+
+
+def test_a_worker_in_its_initial_delay_is_not_overdue() -> None:
+    rig = Rig(timing=Timing(initial_delay=30.0, period=2.0, timeout=1.0))
+    allowance = 2 * (2.0 + 1.0) + 5
+
+    assert not rig.worker.overdue(START + 30.0 + allowance)
+    assert rig.worker.overdue(START + 30.0 + allowance + 0.5)
+
+
+async def test_a_probing_worker_is_never_overdue() -> None:
+    rig = Rig(timing=Timing(period=2.0, timeout=1.0))
+    async with rig.running():
+        for _ in range(50):
+            await rig.clock.advance(1.0)
+            assert not rig.worker.overdue(rig.clock.monotonic())
+
+
+async def test_a_worker_that_stopped_probing_becomes_overdue() -> None:
+    rig = Rig(timing=Timing(period=2.0, timeout=1.0))
+    async with rig.running():
+        await rig.clock.advance(3.0)
+    last = rig.worker.last_probe_at
+    assert last is not None
+
+    assert not rig.worker.overdue(last + 11.0)
+    assert rig.worker.overdue(last + 11.5)
+
+
+# --- the fake clock itself -----------------------------------------------------------------------
+
+
+async def test_the_fake_clock_wakes_sleepers_in_deadline_order_at_their_deadlines() -> None:
+    clock = FakeClock(start=0.0)
+    woke: list[tuple[str, float]] = []
+
+    async def sleeper(name: str, seconds: float) -> None:
+        await clock.sleep(seconds)
+        woke.append((name, clock.monotonic()))
+
+    tasks = [asyncio.create_task(sleeper(n, s)) for n, s in [("c", 3.0), ("a", 1.0), ("b", 2.0)]]
+    await settle()
+    assert clock.sleepers == 3
+
+    await clock.advance(2.5)
+    assert woke == [("a", 1.0), ("b", 2.0)]
+    assert clock.monotonic() == 2.5
+
+    await clock.advance(0.5)
+    assert woke == [("a", 1.0), ("b", 2.0), ("c", 3.0)]
+    await asyncio.gather(*tasks)
+
+
+async def test_the_fake_clock_wakes_sleeps_that_begin_during_an_advance() -> None:
+    clock = FakeClock(start=0.0)
+    ticks: list[float] = []
+
+    async def ticker() -> None:
+        while True:
+            await clock.sleep(1.0)
+            ticks.append(clock.monotonic())
+
+    task = asyncio.create_task(ticker())
+    try:
+        await clock.advance(3.5)
+        assert ticks == [1.0, 2.0, 3.0]
+        assert clock.time() - clock.monotonic() == 1_700_000_000.0
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert clock.sleepers == 0  # a cancelled sleep is forgotten
