@@ -87,6 +87,7 @@ def test_a_single_log_check_gets_the_documented_defaults() -> None:
     assert settings.resync == 300
     assert settings.write is True
     assert settings.events is True
+    assert settings.event_driven is True
     assert settings.mode is GateMode.ALL
     assert settings.on_shutdown is ShutdownPolicy.KEEP
     assert settings.log_level == "info"
@@ -102,6 +103,7 @@ def test_global_settings_are_read_case_insensitively_where_they_are_words() -> N
             "GATE_MODE": "ANY",
             "GATE_WRITE": "False",
             "GATE_EVENTS": "FALSE",
+            "GATE_EVENT_DRIVEN": "false",
             "GATE_ON_SHUTDOWN": "False",
             "GATE_LOG_LEVEL": "Debug",
             "GATE_RESYNC_SECONDS": "0",
@@ -112,6 +114,7 @@ def test_global_settings_are_read_case_insensitively_where_they_are_words() -> N
     assert settings.mode is GateMode.ANY
     assert settings.write is False
     assert settings.events is False
+    assert settings.event_driven is False
     assert settings.on_shutdown is ShutdownPolicy.FALSE
     assert settings.log_level == "debug"
     assert settings.resync == 0
@@ -417,6 +420,7 @@ MALFORMED = [
     ({**LOG, "GATE_MODE": "most"}, "GATE_MODE", 'expected all or any, got "most"'),
     ({**LOG, "GATE_WRITE": "yes"}, "GATE_WRITE", 'expected true or false, got "yes"'),
     ({**LOG, "GATE_EVENTS": "1"}, "GATE_EVENTS", "expected true or false"),
+    ({**LOG, "GATE_EVENT_DRIVEN": "no"}, "GATE_EVENT_DRIVEN", "expected true or false"),
     ({**LOG, "GATE_ON_SHUTDOWN": "remove"}, "GATE_ON_SHUTDOWN", "expected keep or false"),
     ({**LOG, "GATE_LOG_LEVEL": "verbose"}, "GATE_LOG_LEVEL", "debug, info, warning or error"),
     ({**LOG, "GATE_HTTP_ADDRESS": "9779"}, "GATE_HTTP_ADDRESS", "no :port"),

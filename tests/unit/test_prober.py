@@ -36,6 +36,7 @@ class Rig:
         *,
         timing: Timing | None = None,
         events: bool = False,
+        event_driven: bool = True,
         seed: int = SEED,
     ) -> None:
         self.clock = FakeClock(start=START)
@@ -50,6 +51,7 @@ class Rig:
             clock=self.clock,
             rng=random.Random(seed),
             metrics=self.metrics,
+            event_driven=event_driven,
         )
 
     @property
@@ -242,6 +244,18 @@ async def test_a_wakeup_probes_at_once() -> None:
         await settle()
 
         assert rig.check.probed_at == [START, START]
+
+
+async def test_wakeups_are_ignored_when_not_event_driven() -> None:
+    rig = Rig(events=True, event_driven=False)
+    async with rig.running():
+        rig.check.trigger()
+        await settle()
+        assert rig.probes == 1
+
+        await rig.clock.advance(jitter())
+
+        assert rig.probes == 2
 
 
 async def test_a_wakeup_does_not_shift_the_periodic_schedule() -> None:
