@@ -100,9 +100,26 @@ def ensure_kubernetes(out: TextIO = sys.stderr) -> Binaries:
 
 
 def ensure_helm(out: TextIO = sys.stderr) -> Binaries:
+    """helm at the version pinned in ``tests/harness/helmmod/go.mod``, building it if missing."""
     version = module_version(HELM_GOMOD_DIR, "helm.sh/helm/v3")
-    flags = f"-s -w -X helm.sh/helm/v3/internal/version.version={version}"
-    return _ensure(HELM_GOMOD_DIR, "helm", version, HELM_TOOLS, out, ldflags=flags)
+    return _ensure(HELM_GOMOD_DIR, "helm", version, HELM_TOOLS, out, ldflags=_helm_ldflags(version))
+
+
+def _helm_ldflags(version: str) -> str:
+    """The ldflags of helm's own Makefile (helm v3.x).
+
+    ``internal/version.version`` is what ``helm version`` prints. The Kubernetes version helm
+    assumes without a cluster (``.Capabilities.KubeVersion`` in ``helm template``, the API
+    deprecation checks of ``helm lint``) defaults to v1.20 in the source; the Makefile sets it
+    from the client-go module helm is built with (v0.37.x -> 1.37), and so do we.
+    """
+    client_go = module_version(HELM_GOMOD_DIR, "k8s.io/client-go")
+    major, minor = client_go.removeprefix("v").split(".")[:2]
+    k8s_major, k8s_minor = str(int(major) + 1), minor
+    flags = ["-s", "-w", f"-X helm.sh/helm/v3/internal/version.version={version}"]
+    for pkg in ("helm.sh/helm/v3/pkg/lint/rules", "helm.sh/helm/v3/pkg/chartutil"):
+        flags += [f"-X {pkg}.k8sVersionMajor={k8s_major}", f"-X {pkg}.k8sVersionMinor={k8s_minor}"]
+    return " ".join(flags)
 
 
 def _version_ldflags(version: str) -> str:
