@@ -274,3 +274,32 @@ def test_missing_identity_exits_2_with_the_downward_api_snippet(
     assert agent.wait_exit() == 2
     assert "fieldPath: metadata.name" in agent.stderr
     assert "Traceback" not in agent.stderr
+
+
+def _inotify_fds(pid: int) -> int:
+    fds = Path(f"/proc/{pid}/fd")
+    return sum(1 for fd in fds.iterdir() if "inotify" in str(fd.readlink()))
+
+
+@pytest.mark.parametrize(("event_driven", "watches"), [("true", 1), ("false", 0)])
+def test_event_driven_wakeups_can_be_turned_off(
+    admin: KubeClient,
+    make_pod: Callable[..., PodRef],
+    start_agent: Callable[..., AgentProcess],
+    tmp_path: Path,
+    event_driven: str,
+    watches: int,
+) -> None:
+    marker = tmp_path / "ready"
+    pod = make_pod()
+    agent = start_agent(
+        pod,
+        CHECK_APP_KIND="file",
+        CHECK_APP_PATH=str(marker),
+        GATE_EVENT_DRIVEN=event_driven,
+        **FAST,
+    )
+    _wait_gate(admin, pod, "False", agent)
+    assert _inotify_fds(agent.pid) == watches
+    marker.touch()
+    _wait_gate(admin, pod, "True", agent)
