@@ -359,3 +359,25 @@ class PathWakeups:
                 self._last = key
                 self._last_wake = loop.time()
                 return
+
+
+class FileWakeups:
+    """The wake-ups of one log or file check: every iterator it handed out, closed together."""
+
+    #: The stat poll never runs less often than this, whatever the check's period.
+    MAX_POLL_INTERVAL = 1.0
+
+    def __init__(self, path: Path, period: float) -> None:
+        self._path = path
+        self._interval = min(period, self.MAX_POLL_INTERVAL)
+        self._handed_out: list[PathWakeups] = []
+
+    def new(self) -> PathWakeups:
+        iterator = PathWakeups(self._path, self._interval)
+        self._handed_out.append(iterator)
+        return iterator
+
+    def close(self) -> None:
+        for iterator in self._handed_out:
+            iterator.close()
+        self._handed_out.clear()

@@ -5,7 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from sidecar.model import CheckResult, CheckSpec
+from sidecar.clock import Clock
+from sidecar.model import CheckResult, CheckSpec, bounded
+
+#: A result's ``detail`` is cut to this many characters.
+DETAIL_LIMIT = 200
 
 
 class Check(Protocol):
@@ -28,3 +32,13 @@ class Check(Protocol):
     def wakeups(self) -> AsyncIterator[None] | None: ...
 
     async def aclose(self) -> None: ...
+
+
+def timed_result(clock: Clock, started: float, ok: bool, detail: str) -> CheckResult:
+    """The result of a probe that began at ``started`` (``clock.monotonic()``), ending now."""
+    return CheckResult(
+        ok=ok,
+        detail=bounded(detail, DETAIL_LIMIT),
+        at=clock.time(),
+        duration=max(clock.monotonic() - started, 0.0),
+    )

@@ -21,6 +21,7 @@ import os
 import signal
 from asyncio.subprocess import DEVNULL, PIPE, STDOUT
 
+from sidecar.checks.base import timed_result
 from sidecar.clock import Clock
 from sidecar.model import CheckResult, CheckSpec, ExecParams, bounded
 
@@ -29,7 +30,6 @@ OUTPUT_CAP = 4 * 1024
 _READ_CHUNK = 4 * 1024
 #: How long to wait, after SIGKILL, for the command to be reaped and its output pipe to close.
 KILL_GRACE = 2.0
-_DETAIL_LIMIT = 200
 _SHOWN_LIMIT = 80
 
 
@@ -82,12 +82,7 @@ class ExecCheck:
     async def probe(self) -> CheckResult:
         started = self._clock.monotonic()
         ok, detail = await self._evaluate()
-        return CheckResult(
-            ok=ok,
-            detail=bounded(detail, _DETAIL_LIMIT),
-            at=self._clock.time(),
-            duration=max(self._clock.monotonic() - started, 0.0),
-        )
+        return timed_result(self._clock, started, ok, detail)
 
     async def _evaluate(self) -> tuple[bool, str]:
         command = _show_text(self._argv[0])

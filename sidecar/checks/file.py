@@ -23,15 +23,14 @@ from pathlib import Path
 from typing import Final
 
 from sidecar.checks._follow import describe_read_error
-from sidecar.checks._inotify import PathWakeups
+from sidecar.checks._inotify import FileWakeups
+from sidecar.checks.base import timed_result
 from sidecar.clock import Clock
 from sidecar.model import CheckResult, CheckSpec, FileParams, FileState, bounded
 
 #: How much of the file ``contains`` looks at.
 CONTENT_LIMIT: Final = 1024 * 1024
-_DETAIL_LIMIT = 200
 _SHOWN_LIMIT = 60
-MAX_POLL_INTERVAL = 1.0
 _OPEN_FLAGS: Final = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0)
 
 
@@ -97,18 +96,13 @@ class FileCheck:
         self._params = spec.params
         self._clock = clock
         self._job: asyncio.Future[tuple[bool, str]] | None = None
-        self._wakeups: list[PathWakeups] = []
+        self._wakeups = FileWakeups(spec.params.path, spec.timing.period)
 
     def wakeups(self) -> AsyncIterator[None]:
-        interval = min(self.spec.timing.period, MAX_POLL_INTERVAL)
-        iterator = PathWakeups(self._params.path, interval)
-        self._wakeups.append(iterator)
-        return iterator
+        return self._wakeups.new()
 
     async def aclose(self) -> None:
-        for iterator in self._wakeups:
-            iterator.close()
-        self._wakeups.clear()
+        self._wakeups.close()
 
     async def probe(self) -> CheckResult:
         started = self._clock.monotonic()
@@ -120,9 +114,4 @@ class FileCheck:
         )
         self._job = job
         ok, detail = await asyncio.shield(job)
-        return CheckResult(
-            ok=ok,
-            detail=bounded(detail, _DETAIL_LIMIT),
-            at=self._clock.time(),
-            duration=max(self._clock.monotonic() - started, 0.0),
-        )
+        return timed_result(self._clock, started, ok, detail)

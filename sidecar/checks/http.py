@@ -28,13 +28,13 @@ import aiohttp
 from yarl import URL
 
 from sidecar import __version__
+from sidecar.checks.base import timed_result
 from sidecar.clock import Clock
 from sidecar.model import CheckResult, CheckSpec, HttpParams, bounded
 
 #: How much of the body the ``body`` pattern sees.
 BODY_CAP = 64 * 1024
 USER_AGENT = f"readiness-gate-sidecar/{__version__}"
-_DETAIL_LIMIT = 200
 _SHOWN_LIMIT = 60
 
 
@@ -92,12 +92,7 @@ class HttpCheck:
     async def probe(self) -> CheckResult:
         started = self._clock.monotonic()
         ok, detail = await self._evaluate()
-        return CheckResult(
-            ok=ok,
-            detail=bounded(detail, _DETAIL_LIMIT),
-            at=self._clock.time(),
-            duration=max(self._clock.monotonic() - started, 0.0),
-        )
+        return timed_result(self._clock, started, ok, detail)
 
     async def _evaluate(self) -> tuple[bool, str]:
         params = self._params

@@ -26,15 +26,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from sidecar.checks._follow import FollowBatch, LinePattern, LogFollower, describe_read_error
-from sidecar.checks._inotify import PathWakeups
+from sidecar.checks._inotify import FileWakeups
+from sidecar.checks.base import timed_result
 from sidecar.clock import Clock
 from sidecar.model import CheckResult, CheckSpec, LogParams, LogStart, bounded
 
-_DETAIL_LIMIT = 200
 _SHOWN_LIMIT = 60
 _LINE_LIMIT = 200
-#: The stat poll of :class:`PathWakeups` never runs less often than this.
-MAX_POLL_INTERVAL = 1.0
 
 
 class MatchKind(StrEnum):
@@ -73,7 +71,7 @@ class LogCheck:
         self._missing = False
         self._error: str | None = None
         self._drain: asyncio.Task[None] | None = None
-        self._wakeups: list[PathWakeups] = []
+        self._wakeups = FileWakeups(spec.params.path, spec.timing.period)
         # Shared with the worker thread: who closes the follower (see _read_job and aclose).
         self._flags = threading.Lock()
         self._reading = False
@@ -85,15 +83,10 @@ class LogCheck:
         return self._match
 
     def wakeups(self) -> AsyncIterator[None]:
-        interval = min(self.spec.timing.period, MAX_POLL_INTERVAL)
-        iterator = PathWakeups(self._params.path, interval)
-        self._wakeups.append(iterator)
-        return iterator
+        return self._wakeups.new()
 
     async def aclose(self) -> None:
-        for iterator in self._wakeups:
-            iterator.close()
-        self._wakeups.clear()
+        self._wakeups.close()
         with self._flags:
             self._closed = True
             reading = self._reading
@@ -115,12 +108,7 @@ class LogCheck:
             self._drain = drain
             await asyncio.shield(drain)
         ok, detail = self._evaluate()
-        return CheckResult(
-            ok=ok,
-            detail=bounded(detail, _DETAIL_LIMIT),
-            at=self._clock.time(),
-            duration=max(self._clock.monotonic() - started, 0.0),
-        )
+        return timed_result(self._clock, started, ok, detail)
 
     # --- reading ---------------------------------------------------------------------------------
 

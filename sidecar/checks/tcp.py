@@ -19,13 +19,13 @@ import re
 import socket
 from dataclasses import dataclass
 
+from sidecar.checks.base import timed_result
 from sidecar.clock import Clock
 from sidecar.model import CheckResult, CheckSpec, TcpParams, bounded
 
 #: The longest reply the check accumulates while waiting for ``expect`` to match.
 REPLY_CAP = 64 * 1024
 _READ_CHUNK = 16 * 1024
-_DETAIL_LIMIT = 200
 _SHOWN_LIMIT = 60
 
 
@@ -92,12 +92,7 @@ class TcpCheck:
     async def probe(self) -> CheckResult:
         started = self._clock.monotonic()
         outcome = await self._evaluate()
-        return CheckResult(
-            ok=outcome.ok,
-            detail=bounded(outcome.detail, _DETAIL_LIMIT),
-            at=self._clock.time(),
-            duration=max(self._clock.monotonic() - started, 0.0),
-        )
+        return timed_result(self._clock, started, outcome.ok, outcome.detail)
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         params = self._params
