@@ -26,6 +26,8 @@ from sidecar.model import CheckResult, CheckSpec, TcpParams, bounded
 #: The longest reply the check accumulates while waiting for ``expect`` to match.
 REPLY_CAP = 64 * 1024
 _READ_CHUNK = 16 * 1024
+#: The share of the timeout spent waiting for a matching reply before giving up with what came.
+REPLY_PATIENCE = 0.8
 _SHOWN_LIMIT = 60
 
 
@@ -102,6 +104,9 @@ class TcpCheck:
 
     async def _evaluate(self) -> _Outcome:
         address = self._params.address
+        # Stop waiting for a matching reply a little before the prober's timeout, so that the
+        # result can say what the peer did answer (e.g. Redis "-LOADING") instead of "timed out".
+        patience = asyncio.get_running_loop().time() + REPLY_PATIENCE * self.spec.timing.timeout
         try:
             reader, writer = await self._connect()
         except OSError as exc:
@@ -109,7 +114,7 @@ class TcpCheck:
 
         clean = False
         try:
-            outcome = await self._converse(reader, writer, address)
+            outcome = await self._converse(reader, writer, address, patience)
             clean = True
             return outcome
         finally:
@@ -128,7 +133,11 @@ class TcpCheck:
         return f"cannot connect to {address}: {reason}"
 
     async def _converse(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        address: str,
+        patience: float,
     ) -> _Outcome:
         send, expect = self._params.send, self._params.expect
         if send is not None:
@@ -140,15 +149,22 @@ class TcpCheck:
         if expect is None:
             sent = f" and sent {len(send)} bytes" if send is not None else ""
             return _Outcome(True, f"connected to {address}{sent}")
-        return await _await_reply(reader, expect, address)
+        try:
+            async with asyncio.timeout_at(patience):
+                return await _await_reply(reader, expect, address, received := bytearray())
+        except TimeoutError:
+            got = f'got "{show_bytes(bytes(received))}"' if received else "got nothing"
+            return _Outcome(
+                False,
+                f'no reply matching "{_show_pattern(expect.pattern)}" from {address} yet ({got})',
+            )
 
 
 async def _await_reply(
-    reader: asyncio.StreamReader, expect: re.Pattern[bytes], address: str
+    reader: asyncio.StreamReader, expect: re.Pattern[bytes], address: str, received: bytearray
 ) -> _Outcome:
-    """Read until ``expect`` matches, the peer closes, or the reply reaches ``REPLY_CAP``."""
+    """Read into ``received`` until ``expect`` matches, the peer closes, or ``REPLY_CAP``."""
     shown = _show_pattern(expect.pattern)
-    received = bytearray()
     while True:
         try:
             chunk = await reader.read(min(_READ_CHUNK, REPLY_CAP - len(received)))

@@ -505,7 +505,7 @@ def test_tcp_banner_redis_gate_waits_for_pong_not_for_the_open_port(
     redis = FakeRedis(port)
     closing.append(redis)
     since = time.time()
-    assert "timed out" in _probed_since(agent, "REDIS", since)["detail"]
+    assert 'got "-LOADING Redis is loading' in _probed_since(agent, "REDIS", since)["detail"]
     assert condition_status(_pod(admin, ref), gate) == "False"
 
     redis.loading = False

@@ -329,8 +329,8 @@ async def test_tcp_check_is_cancelled_by_timeout_on_a_server_that_never_replies(
         check = make_check(params)
         sockets_before = open_sockets()
         started = time.monotonic()
-        with pytest.raises(TimeoutError):
-            async with asyncio.timeout(1.0):
+        with pytest.raises(TimeoutError):  # the prober's timeout comes before the check's patience
+            async with asyncio.timeout(0.5):
                 await check.probe()
         elapsed = time.monotonic() - started
         # The client end is closed: the server sees EOF (or a reset) promptly...
@@ -338,8 +338,32 @@ async def test_tcp_check_is_cancelled_by_timeout_on_a_server_that_never_replies(
         # ...and neither end of the connection is left open in this process.
         sockets_after = open_sockets()
         await check.aclose()
-    assert 1.0 <= elapsed < 1.0 + SETTLE
+    assert 0.5 <= elapsed < 0.5 + SETTLE
     assert sockets_after == sockets_before
+
+
+async def test_tcp_check_reports_the_reply_of_a_peer_that_answers_wrongly_and_stays_connected() -> (
+    None
+):
+    async def loading(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readline()
+        writer.write(b"-LOADING Redis is loading the dataset in memory\r\n")
+        await writer.drain()
+        await wait_for_eof(reader)
+
+    async with tcp_server(loading) as server:
+        params = TcpParams(
+            host="127.0.0.1", port=server.port, send=b"PING\r\n", expect=re.compile(rb"^\+PONG")
+        )
+        started = time.monotonic()
+        result = await make_check(params).probe()  # no outer timeout: the check gives up itself
+        elapsed = time.monotonic() - started
+    assert not result.ok
+    assert result.detail.startswith(
+        f'no reply matching "^\\+PONG" from 127.0.0.1:{server.port} yet'
+    )
+    assert 'got "-LOADING Redis is loading' in result.detail
+    assert 0.8 <= elapsed < 0.8 + SETTLE
 
 
 async def test_tcp_check_detail_is_the_same_for_the_same_evidence() -> None:
