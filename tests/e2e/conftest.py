@@ -1,97 +1,16 @@
-"""Fixtures for end-to-end tests against the real local control plane (never a mock)."""
+"""End-to-end tests run against the real local control plane (never a mock).
+
+Their fixtures (``control_plane``, ``admin``, ``namespace``, ``agent_rbac``, ``make_pod``,
+``start_agent``) live in ``tests/conftest.py``: the fault tests in ``tests/faults`` share them, and
+with them the session's one control plane.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import sys
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
-
 import pytest
-
-from tests.harness.agent import AgentProcess, agent_env, bound_token_dir
-from tests.harness.cluster import ControlPlane
-from tests.harness.kube import KubeClient
-from tests.harness.workloads import (
-    AGENT_SA,
-    PodRef,
-    create_agent_rbac,
-    create_namespace,
-    create_pod,
-    delete_namespace,
-    install_admission_policy,
-)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "/e2e/" in str(item.path):
             item.add_marker(pytest.mark.e2e)
-
-
-@pytest.fixture(scope="session")
-def control_plane(pytestconfig: pytest.Config) -> Iterator[ControlPlane]:
-    """One control plane for the whole session; built on first use, with visible progress.
-
-    The shipped ValidatingAdmissionPolicy (examples/rbac/) is installed before any test runs, so
-    every end-to-end test also proves that the agent's writes pass it.
-    """
-    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
-    with contextlib.ExitStack() as stack:
-        with capture.global_and_fixture_disabled():
-            plane = stack.enter_context(ControlPlane.started(log=sys.stderr))
-            install_admission_policy(plane)
-        yield plane
-
-
-@pytest.fixture
-def admin(control_plane: ControlPlane) -> KubeClient:
-    return control_plane.admin
-
-
-@pytest.fixture
-def namespace(control_plane: ControlPlane) -> Iterator[str]:
-    """A fresh namespace per test, deleted afterwards."""
-    name = create_namespace(control_plane)
-    yield name
-    delete_namespace(control_plane, name)
-
-
-@pytest.fixture
-def agent_rbac(admin: KubeClient, namespace: str) -> str:
-    """The agent's ServiceAccount with its namespaced Role; returns the ServiceAccount name."""
-    create_agent_rbac(admin, namespace)
-    return AGENT_SA
-
-
-@pytest.fixture
-def make_pod(admin: KubeClient, namespace: str, agent_rbac: str) -> Callable[..., PodRef]:
-    """Create a Pod with readiness gates on the hollow node, running as the agent's account."""
-
-    def make(**kwargs: Any) -> PodRef:
-        kwargs.setdefault("service_account", agent_rbac)
-        return create_pod(admin, namespace, **kwargs)
-
-    return make
-
-
-@pytest.fixture
-def start_agent(
-    control_plane: ControlPlane, tmp_path: Path
-) -> Iterator[Callable[..., AgentProcess]]:
-    """Start the agent as a subprocess for a Pod, with that Pod's bound token and environment."""
-    started: list[AgentProcess] = []
-
-    def start(pod: PodRef | None, *, token: bool = True, **env: str) -> AgentProcess:
-        token_dir = None
-        if pod is not None and token:
-            token_dir = bound_token_dir(control_plane, pod, tmp_path / f"sa-{len(started)}").path
-        agent = AgentProcess(agent_env(pod, token_dir, env))
-        started.append(agent)
-        return agent
-
-    yield start
-    for agent in started:
-        if agent.returncode is None:
-            agent.kill()

@@ -194,6 +194,22 @@ class ControlPlane:
     def start_apiserver(self) -> None:
         self._start("kube-apiserver", self._apiserver_ready)
 
+    def restart(self, name: str) -> None:
+        """Stop and start one component, waiting until it is ready again.
+
+        After a long API server outage, the informers of kube-controller-manager and of the hollow
+        kubelet sit in client-go's reflector backoff (up to a minute) before they list again;
+        restarting them makes the cluster usable at once.
+        """
+        ready = {
+            "etcd": self._etcd_healthy,
+            "kube-apiserver": self._apiserver_ready,
+            "kube-controller-manager": self._root_ca_published,
+            "kubemark": self._node_ready,
+        }[name]
+        self.components[name].stop()
+        self._start(name, ready)
+
     def rss(self) -> dict[str, int]:
         return {name: c.rss_bytes() for name, c in self.components.items()}
 

@@ -173,6 +173,84 @@ def real_read(follower: LogFollower) -> tuple[list[str], bool]:
             return events, batch.missing
 
 
+@dataclass
+class World:
+    """The real directory and its model, changed together, one operation at a time.
+
+    Shared with ``tests/faults/test_log_check_property.py``, which drives the real ``LogCheck``
+    through the same operations.
+    """
+
+    directory: Path
+    model: Model
+    writer: Writer
+    rotated: list[Path] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, directory: Path, *, exists: bool, max_line: int) -> World:
+        path = directory / "app.log"
+        if exists:
+            path.touch()
+        model = Model(max_line=max_line, path_file=ModelFile() if exists else None)
+        return cls(directory, model, Writer(path, model))
+
+    @property
+    def path(self) -> Path:
+        return self.writer.path
+
+    def structural(self, op: tuple[object, ...]) -> bool:
+        """True for an operation that creates, renames, truncates, replaces or deletes a file."""
+        kind = op[0]
+        return kind != "read" and (kind != "write" or self.model.path_file is None)
+
+    def apply(self, op: tuple[object, ...]) -> None:
+        """Apply any operation but ``read`` to the real files and to the model."""
+        kind = op[0]
+        path, directory, model, writer = self.path, self.directory, self.model, self.writer
+        if kind == "write":
+            _, size, end, payload = op
+            assert isinstance(size, int)
+            assert isinstance(end, bool)
+            assert isinstance(payload, str)
+            if model.path_file is None:
+                path.touch()
+                model.path_file = ModelFile()
+            writer.write(size, end, payload)
+        elif model.path_file is None:
+            return  # nothing to rotate, truncate or delete
+        elif kind in ("rename", "rename_without_create"):
+            target = directory / f"app.log.{len(self.rotated)}"
+            path.rename(target)
+            self.rotated.append(target)
+            model.rotated.append(model.path_file)
+            model.path_file = None
+            if kind == "rename":
+                path.touch()
+                model.path_file = ModelFile()
+        elif kind == "delete_rotated":
+            if self.rotated:
+                self.rotated.pop().unlink()
+                model.rotated.pop().linked = False
+        elif kind in ("copytruncate", "truncate"):
+            writer.finish_line()
+            if kind == "copytruncate":
+                shutil.copyfile(path, directory / "app.log.copy")
+            os.truncate(path, 0)
+            model.truncate()
+        elif kind in ("delete_and_recreate", "delete"):
+            path.unlink()
+            model.path_file.linked = False
+            model.path_file = None
+            if kind == "delete_and_recreate":
+                path.touch()
+                model.path_file = ModelFile()
+
+    def finish(self) -> None:
+        """The writer completes its last line, if the path exists."""
+        if self.model.path_file is not None:
+            self.writer.finish_line()
+
+
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     exists=st.booleans(),
@@ -192,69 +270,27 @@ def test_follower_sees_every_line_once_in_order_except_lines_lost_to_truncation(
         mock.patch.object(_follow, "CHUNK_SIZE", chunk),
         mock.patch.object(_follow, "BATCH_LIMIT", budget),
     ):
-        directory = Path(tmp)
-        path = directory / "app.log"
-        if exists:
-            path.touch()
-        model = Model(max_line=max_line, path_file=ModelFile() if exists else None)
-        writer = Writer(path, model)
-        rotated: list[Path] = []
+        world = World.create(Path(tmp), exists=exists, max_line=max_line)
         changed = False  # a structural change since the last read
         fds = sum(1 for _ in Path("/proc/self/fd").iterdir())
 
-        with LogFollower(path, from_end=False, max_line=max_line) as follower:
+        with LogFollower(world.path, from_end=False, max_line=max_line) as follower:
 
             def read() -> None:
                 nonlocal changed
                 changed = False
-                assert real_read(follower) == model.read()
+                assert real_read(follower) == world.model.read()
 
             for op in ops:
-                kind = op[0]
-                structural = kind != "read" and (kind != "write" or model.path_file is None)
+                structural = world.structural(op)
                 if structural and changed:
                     read()
                 changed = changed or structural
-                if kind == "read":
+                if op[0] == "read":
                     read()
-                elif kind == "write":
-                    _, size, end, payload = op
-                    assert isinstance(size, int)
-                    assert isinstance(end, bool)
-                    assert isinstance(payload, str)
-                    if model.path_file is None:
-                        path.touch()
-                        model.path_file = ModelFile()
-                    writer.write(size, end, payload)
-                elif model.path_file is None:
-                    continue  # nothing to rotate, truncate or delete
-                elif kind in ("rename", "rename_without_create"):
-                    target = directory / f"app.log.{len(rotated)}"
-                    path.rename(target)
-                    rotated.append(target)
-                    model.rotated.append(model.path_file)
-                    model.path_file = None
-                    if kind == "rename":
-                        path.touch()
-                        model.path_file = ModelFile()
-                elif kind == "delete_rotated":
-                    if rotated:
-                        rotated.pop().unlink()
-                        model.rotated.pop().linked = False
-                elif kind in ("copytruncate", "truncate"):
-                    writer.finish_line()
-                    if kind == "copytruncate":
-                        shutil.copyfile(path, directory / "app.log.copy")
-                    os.truncate(path, 0)
-                    model.truncate()
-                elif kind in ("delete_and_recreate", "delete"):
-                    path.unlink()
-                    model.path_file.linked = False
-                    model.path_file = None
-                    if kind == "delete_and_recreate":
-                        path.touch()
-                        model.path_file = ModelFile()
-            writer.finish_line() if model.path_file is not None else None
+                else:
+                    world.apply(op)
+            world.finish()
             read()
             assert sum(1 for _ in Path("/proc/self/fd").iterdir()) <= fds + 1
         assert sum(1 for _ in Path("/proc/self/fd").iterdir()) == fds

@@ -1,0 +1,113 @@
+"""Fixtures of the fault-injection suite: the agent with a chosen API endpoint, the fault proxy,
+the log writer process, and a record of measured numbers printed at the end of the run.
+
+The control plane and the Pod fixtures (``control_plane``, ``admin``, ``namespace``, ``make_pod``,
+``start_agent``) come from ``tests/conftest.py``: one control plane per session, shared with the
+end-to-end tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.faults.proxy import FaultProxy
+from tests.faults.support import Record
+from tests.faults.writer import LogWriter
+from tests.harness.agent import AgentProcess, agent_env, bound_token_dir
+from tests.harness.cluster import APISERVER_PORT, ControlPlane
+from tests.harness.pki import ClientCert
+from tests.harness.workloads import PodRef
+
+_MEASURED = pytest.StashKey[list[tuple[str, str, float, str]]]()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/faults/" not in str(item.path):
+            continue
+        item.add_marker(pytest.mark.faults)
+        if "control_plane" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture
+def record(request: pytest.FixtureRequest) -> Record:
+    """``record(name, value, unit)``: a measured number, listed in the run's terminal summary."""
+    rows = request.config.stash.setdefault(_MEASURED, [])
+    test = request.node.name
+
+    def add(name: str, value: float, unit: str = "") -> None:
+        rows.append((test, name, value, unit))
+
+    return add
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    rows = config.stash.get(_MEASURED, [])
+    if not rows:
+        return
+    terminalreporter.section("fault measurements")
+    for test, name, value, unit in rows:
+        terminalreporter.write_line(f"{test:<78} {name:<34} {value:10.3f} {unit}")
+
+
+@pytest.fixture
+def spawn_agent(
+    control_plane: ControlPlane, tmp_path: Path
+) -> Iterator[Callable[..., AgentProcess]]:
+    """Start the agent for a Pod, through any API port (the fault proxy's) and token directory.
+
+    Without ``token_dir``, the agent gets a fresh token bound to the Pod, as the kubelet mounts it.
+    Agents still running at the end of the test are killed.
+    """
+    started: list[AgentProcess] = []
+
+    def spawn(
+        pod: PodRef | None,
+        *,
+        api_port: int = APISERVER_PORT,
+        token_dir: Path | None = None,
+        **env: str,
+    ) -> AgentProcess:
+        if token_dir is None and pod is not None:
+            token_dir = bound_token_dir(control_plane, pod, tmp_path / f"sa-{len(started)}").path
+        agent = AgentProcess(agent_env(pod, token_dir, env, api_port=api_port))
+        started.append(agent)
+        return agent
+
+    yield spawn
+    for agent in started:
+        if agent.returncode is None:
+            agent.kill()
+
+
+@pytest.fixture(scope="session")
+def proxy_cert(control_plane: ControlPlane) -> ClientCert:
+    """A serving certificate for 127.0.0.1 from the cluster CA, which the agent trusts."""
+    return control_plane.pki.issue("fault-proxy", "/CN=fault-proxy", server_sans="IP:127.0.0.1")
+
+
+@pytest.fixture
+def fault_proxy(control_plane: ControlPlane, proxy_cert: ClientCert) -> Iterator[FaultProxy]:
+    with FaultProxy(proxy_cert, control_plane.pki.ca_cert) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+def log_writer() -> Iterator[Callable[[Path], LogWriter]]:
+    """Start writer processes (``tests/faults/writer.py``) on log files; closed afterwards."""
+    writers: list[LogWriter] = []
+
+    def start(path: Path) -> LogWriter:
+        writer = LogWriter(path)
+        writers.append(writer)
+        return writer
+
+    yield start
+    for writer in writers:
+        writer.close()

@@ -1,0 +1,171 @@
+"""The legacy application restarts under the agent (``tests/harness/legacy_app.py``).
+
+The app writes a log and listens on a port with a banner. One Pod has two gates: one fed by a
+``log`` check of the app's log, one by a ``tcp`` check of its port. Each restart must take both
+gates False and bring them back True only once the new instance is ready: both stay False for the
+``READY_AFTER`` seconds before the new instance can log its ready line and open its port, then
+both turn True promptly after it says "legacy app: ready" (asserted: within 3 s):
+
+- restarted with its log truncated (an app that opens its log with O_TRUNC);
+- restarted with its log replaced (deleted, then created by the new instance);
+- broken and repaired in place (SIGUSR1: fail line, port closed; SIGUSR2: ready line, port open).
+
+A log that is merely renamed away (rename rotation) keeps the log check's state by design: that
+case is in test_log_files.py.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.faults.support import FAST, ROOT, Record, finish, free_port, gate_condition, wait_gate
+from tests.harness.agent import AgentProcess
+from tests.harness.kube import KubeClient, wait_for
+from tests.harness.workloads import PodRef
+
+LOG_GATE = "example.com/log-ready"
+PORT_GATE = "example.com/port-ready"
+READY_AFTER = 2.0
+
+
+class LegacyApp:
+    """One instance of the legacy app, with the time it said it was ready."""
+
+    def __init__(self, log: Path, port: int) -> None:
+        self.started = time.monotonic()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.harness.legacy_app", "--log", str(log),
+             "--port", str(port), "--ready-after", str(READY_AFTER)],
+            stdout=subprocess.PIPE, text=True, cwd=ROOT,
+        )  # fmt: skip
+        self.ready_at: list[float] = []
+        self.broken_at: list[float] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if "ready" in line:
+                self.ready_at.append(time.monotonic())
+            elif "broken" in line:
+                self.broken_at.append(time.monotonic())
+
+    def wait_ready(self, count: int = 1) -> float:
+        return wait_for(
+            "the app ready", lambda: self.ready_at[-1] if len(self.ready_at) >= count else None
+        )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self._reader.join(5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+@pytest.fixture
+def legacy_app() -> Iterator[Callable[[Path, int], LegacyApp]]:
+    apps: list[LegacyApp] = []
+
+    def start(log: Path, port: int) -> LegacyApp:
+        app = LegacyApp(log, port)
+        apps.append(app)
+        return app
+
+    yield start
+    for app in apps:
+        app.stop()
+
+
+def _both(admin: KubeClient, pod: PodRef, status: str, agent: AgentProcess) -> None:
+    for gate in (LOG_GATE, PORT_GATE):
+        wait_gate(admin, pod, status, agent, gate=gate, timeout=30)
+
+
+def _gates_while_starting(
+    admin: KubeClient, pod: PodRef, app: LegacyApp, agent: AgentProcess
+) -> float:
+    """Both gates stay False as long as the new instance cannot be ready (it logs its ready line
+    and opens its port ``READY_AFTER`` seconds after it starts), then both turn True.
+    Returns how long after the app said "ready" the last gate turned True."""
+    cannot_be_ready_before = app.started + READY_AFTER
+    while time.monotonic() < cannot_be_ready_before - 0.1:
+        for gate in (LOG_GATE, PORT_GATE):
+            cond = gate_condition(admin, pod, gate)  # None: not written yet (a new agent)
+            assert cond is None or cond["status"] == "False", (
+                f"{gate} True before the app was ready"
+            )
+        assert app.process.poll() is None
+        time.sleep(0.05)
+    _both(admin, pod, "True", agent)
+    latency = max(0.0, time.monotonic() - app.wait_ready())
+    assert latency < 3.0, f"gates True {latency:.1f} s after the app was ready"
+    return latency
+
+
+def test_app_restarts_take_both_gates_false_until_it_is_ready_again(
+    admin: KubeClient,
+    make_pod: Callable[..., PodRef],
+    spawn_agent: Callable[..., AgentProcess],
+    legacy_app: Callable[[Path, int], LegacyApp],
+    tmp_path: Path,
+    record: Record,
+) -> None:
+    log = tmp_path / "logs" / "catalina.out"
+    port = free_port()
+    pod = make_pod(gates=[LOG_GATE, PORT_GATE])
+    app = legacy_app(log, port)
+    agent = spawn_agent(
+        pod,
+        CHECK_LOG_KIND="log",
+        CHECK_LOG_PATH=str(log),
+        CHECK_LOG_PATTERN=r"Server startup in \d+ ms",
+        CHECK_LOG_FAIL_PATTERN="SEVERE",
+        CHECK_LOG_GATE=LOG_GATE,
+        CHECK_PORT_KIND="tcp",
+        CHECK_PORT_ADDRESS=f":{port}",
+        CHECK_PORT_EXPECT="^220 ",
+        CHECK_PORT_GATE=PORT_GATE,
+        **FAST,
+    )
+    record("first_start_ready_to_gates_true", _gates_while_starting(admin, pod, app, agent), "s")
+
+    # 1. Restarted with its log truncated.
+    app.stop()
+    wait_gate(admin, pod, "False", agent, gate=PORT_GATE)  # the port closed; the log still
+    log.write_text("")  # says ready until the new instance truncates it
+    wait_gate(admin, pod, "False", agent, gate=LOG_GATE, message="not seen")
+    app = legacy_app(log, port)
+    record(
+        "truncated_restart_ready_to_gates_true", _gates_while_starting(admin, pod, app, agent), "s"
+    )
+
+    # 2. Restarted with its log replaced (deleted, then created anew by the new instance).
+    app.stop()
+    log.unlink()
+    wait_gate(admin, pod, "False", agent, gate=LOG_GATE, message="does not exist")
+    wait_gate(admin, pod, "False", agent, gate=PORT_GATE)
+    app = legacy_app(log, port)
+    record(
+        "replaced_restart_ready_to_gates_true", _gates_while_starting(admin, pod, app, agent), "s"
+    )
+
+    # 3. Broken and repaired in place: fail line and port closed, then ready line and port open.
+    app.process.send_signal(signal.SIGUSR1)
+    wait_gate(admin, pod, "False", agent, gate=LOG_GATE, message='fail pattern "SEVERE" seen')
+    wait_gate(admin, pod, "False", agent, gate=PORT_GATE, message="refused")
+    app.process.send_signal(signal.SIGUSR2)
+    started = time.monotonic()
+    _both(admin, pod, "True", agent)
+    record("repaired_in_place_to_gates_true", time.monotonic() - started, "s")
+    finish(agent, record)
