@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: test demo lint binaries unit e2e bench clean
+.PHONY: test demo lint binaries unit e2e faults bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,8 @@ binaries: $(STAMP)
 	$(BIN)/python -m tests.harness.binaries --with-helm
 
 lint: $(STAMP)
-	$(BIN)/ruff check sidecar tests scripts
-	$(BIN)/ruff format --check sidecar tests scripts
+	$(BIN)/ruff check sidecar tests scripts benchmarks
+	$(BIN)/ruff format --check sidecar tests scripts benchmarks
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
 
@@ -31,6 +31,9 @@ unit: $(STAMP)
 
 e2e: binaries
 	$(BIN)/pytest tests/e2e
+
+faults: binaries
+	$(BIN)/pytest tests/faults
 
 demo: binaries
 	$(BIN)/python -m scripts.demo

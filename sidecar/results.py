@@ -54,12 +54,18 @@ class CheckStatus:
     state: CheckState
     last: CheckResult | None
     changed_at: float | None
+    # The latest result that agrees with ``state`` (a success while READY, a failure while
+    # NOT_READY, any result while PENDING): what the gate's message shows. A result that disagrees
+    # without changing the state (fewer failures than the failure threshold) is only ``last``, so
+    # it changes neither the condition's message nor costs a write.
+    evidence: CheckResult | None = None
 
     @property
     def summary(self) -> str:
-        if self.last is None:
+        shown = self.evidence or self.last
+        if shown is None:
             return f"{self.spec.label}: no result yet"
-        return f"{self.spec.label}: {self.last.detail}"
+        return f"{self.spec.label}: {shown.detail}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -142,14 +148,20 @@ class Results:
     def update(self, check_id: str, result: CheckResult, state: CheckState) -> bool:
         """Record a probe outcome; True when anything a reader shows changed."""
         old = self._checks[check_id]
+        agrees = state is CheckState.PENDING or result.ok == (state is CheckState.READY)
+        evidence = result if agrees else old.evidence
         if old.state is state and result.same_evidence(old.last):
             self._checks[check_id] = CheckStatus(
-                spec=old.spec, state=state, last=result, changed_at=old.changed_at
+                spec=old.spec,
+                state=state,
+                last=result,
+                changed_at=old.changed_at,
+                evidence=evidence,
             )
             return False
         changed_at = result.at if old.state is not state else old.changed_at
         self._checks[check_id] = CheckStatus(
-            spec=old.spec, state=state, last=result, changed_at=changed_at
+            spec=old.spec, state=state, last=result, changed_at=changed_at, evidence=evidence
         )
         self._version += 1
         self._notify()

@@ -218,6 +218,30 @@ def test_update_with_a_new_state_is_a_change_and_records_when() -> None:
     assert results.checks["A"].changed_at == 9.0
 
 
+def test_a_failure_below_the_failure_threshold_leaves_the_gate_message_alone() -> None:
+    # The check stays READY (kubelet semantics), so the gate must keep saying why it passed: a
+    # transient failure must not change the condition's message, which would cost two writes.
+    results = two_gates()
+    results.update("A", result(detail="a is up", at=1.0), READY)
+    results.update("C", result(detail="c is up", at=1.0), READY)
+    passed = results.gate("x/a")
+
+    results.update("A", result(ok=False, detail="connection refused", at=2.0), READY)
+
+    assert results.gate("x/a") == passed
+    assert results.checks["A"].last == result(ok=False, detail="connection refused", at=2.0)
+
+
+def test_the_failure_that_makes_a_check_not_ready_is_what_the_gate_shows() -> None:
+    results = two_gates()
+    results.update("A", result(detail="a is up", at=1.0), READY)
+    results.update("A", result(ok=False, detail="connection refused", at=2.0), READY)
+
+    results.update("A", result(ok=False, detail="timed out", at=3.0), NOT_READY)
+
+    assert results.gate("x/a").message == "file A: timed out"
+
+
 def test_gates_aggregate_only_their_own_checks() -> None:
     results = two_gates()
     results.update("A", result(), READY)

@@ -1,0 +1,494 @@
+"""Rows, targets and verdicts, and the markdown table (the same figures as the JSON).
+
+A row is one line of the table: an id, a result, the same-run baseline (with a ratio), the target
+and a verdict — ``met`` / ``missed`` for a row with a target, ``baseline`` for a baseline, ``info``
+for a figure without a target. The numbers behind each row are in its ``figures`` (the JSON).
+Targets are fixed here; a missed target is reported as missed, never relaxed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from benchmarks.apps import KINDS
+from benchmarks.common import JSON, ms, triple
+from benchmarks.latency import AGENT_DEFAULT_PERIOD, CONFIG_NAMES
+from benchmarks.scale import plan as scale_plan
+
+MIB = 1024 * 1024
+# --- targets ---
+LATENCY_P50 = 0.050  # log and file checks: condition True, p50 ...
+LATENCY_P99 = 0.250  # ... and p99
+TCP_SLACK = 0.050  # tcp: within one period + 50 ms (p99)
+RSS_LIMIT = 80 * MIB
+CPU_LIMIT = 2.0  # millicores
+LINES_PER_SECOND = 200_000
+FLAT_SPREAD = 1.10  # per-agent cost across N: max / min
+
+
+def expected_row_ids(smoke: bool) -> list[str]:
+    sizes = scale_plan(smoke).sizes
+    return [
+        "run.load",
+        *(f"latency.{kind}.{config}" for kind in KINDS for config in CONFIG_NAMES),
+        "api.transition.status_writes",
+        "api.transition.writes_default",
+        "api.transition.writes_noevents",
+        "api.steady.writes",
+        "api.steady.flaky",
+        "api.steady.reads",
+        "footprint.rss",
+        "footprint.cpu",
+        "footprint.overhead",
+        "footprint.startup",
+        "throughput.capacity",
+        "throughput.live",
+        *(f"scale.n{n}" for n in sizes),
+        "scale.flat",
+    ]
+
+
+def _row(
+    row_id: str,
+    name: str,
+    result: str,
+    *,
+    baseline: str = "",
+    target: str = "",
+    verdict: str = "info",
+    figures: Mapping[str, Any] | None = None,
+) -> JSON:
+    return {"id": row_id, "name": name, "result": result, "baseline": baseline, "target": target,
+            "verdict": verdict, "figures": dict(figures or {})}  # fmt: skip
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "missed"
+
+
+def _num(value: Any) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _p50(row: JSON) -> float | None:
+    value = row["condition_true"]["p50"]
+    return None if value is None else float(value)
+
+
+def _ratio(slow: float | None, fast: float | None) -> str:
+    if not slow or not fast or math.isnan(slow) or math.isnan(fast) or fast <= 0:
+        return "n/a"
+    return f"x{slow / fast:.1f}"
+
+
+# --- sections ----------------------------------------------------------------------------------
+
+
+def latency_rows(latency: JSON) -> list[JSON]:
+    rows = []
+    table = latency["rows"]
+    for kind in KINDS:
+        agent = table[f"{kind}.agent"]
+        agent_p50 = agent["condition_true"]["p50"]
+        for config in CONFIG_NAMES:
+            data = table[f"{kind}.{config}"]
+            cond, ready, endpoint = (
+                data["condition_true"],
+                data["kubelet_ready"],
+                data["endpoint_ready"],
+            )
+            result = (
+                f"condition {triple(cond)} · Ready {triple(ready)} · endpoint {triple(endpoint)}"
+                f" (p50/p95/p99, n={cond['n']}"
+                + (f", {data['failures']} failed" if data["failures"] else "")
+                + ")"
+            )
+            figures = {
+                "trials": data["trials"],
+                "failures": data["failures"],
+                **{f"condition_{k}": _num(cond[k]) for k in ("p50", "p95", "p99", "max")},
+                **{f"ready_{k}": _num(ready[k]) for k in ("p50", "p95", "p99")},
+                **{f"endpoint_{k}": _num(endpoint[k]) for k in ("p50", "p95", "p99")},
+                "kubelet_after_condition_p50": _num(data["kubelet_after_condition"]["p50"]),
+            }
+            if data["agent_detected"]["n"]:
+                figures["agent_detected_p50"] = _num(data["agent_detected"]["p50"])
+                figures["agent_written_p50"] = _num(data["agent_written"]["p50"])
+            name = f"latency {kind} · {config}"
+            if config == "agent":
+                others = [
+                    f"{other} {_ratio(_p50(table[f'{kind}.{other}']), agent_p50)}"
+                    for other in CONFIG_NAMES
+                    if other != "agent"
+                ]
+                baseline = "baselines' p50 slower: " + ", ".join(others)
+                if data["agent_detected"]["n"]:
+                    result += (
+                        f"; inside the agent: detected {ms(data['agent_detected']['p50'])}, "
+                        f"PATCH answered {ms(data['agent_written']['p50'])} (p50)"
+                    )
+                p50, p99 = _num(cond["p50"]), _num(cond["p99"])
+                complete = data["failures"] == 0 and cond["n"] == data["trials"] > 0
+                if kind == "tcp":
+                    limit = AGENT_DEFAULT_PERIOD + TCP_SLACK
+                    target = f"p99 ≤ one period + 50 ms = {ms(limit)}"
+                    ok = complete and p99 <= limit
+                else:
+                    target = f"p50 ≤ {ms(LATENCY_P50)}, p99 ≤ {ms(LATENCY_P99)}"
+                    ok = complete and p50 <= LATENCY_P50 and p99 <= LATENCY_P99
+                rows.append(
+                    _row(f"latency.{kind}.{config}", name, result, baseline=baseline,
+                         target=target, verdict=_verdict(ok), figures=figures)
+                )  # fmt: skip
+            else:
+                baseline = f"p50 {_ratio(cond['p50'], agent_p50)} the agent's"
+                rows.append(
+                    _row(f"latency.{kind}.{config}", name, result, baseline=baseline,
+                         verdict="baseline", figures=figures)
+                )  # fmt: skip
+    return rows
+
+
+def api_rows(idle: JSON) -> list[JSON]:
+    transitions = idle["transitions"]
+    default, quiet = transitions["idle-steady"], transitions["idle-noevents"]
+    window = idle["idle"]
+    steady = window["steady"]["idle-steady"]
+    shell = window["steady"]["idle-shell"]
+    flaky = window["steady"]["idle-flaky"]
+    hours = window["window_seconds"] / 3600
+    expected_reads = window["expected_resync_reads"]
+    only_gets = set(steady["requests"]) <= {"get pods"}
+    return [
+        _row(
+            "api.transition.status_writes",
+            "API: status writes per gate transition",
+            f"{default['status_writes_per_transition']:.2f} PATCH pods/status per transition "
+            f"(counts per transition: {_counts(default['status_writes'])})",
+            target="exactly 1 write (PATCH pods/status) per transition",
+            verdict=_verdict(
+                default["exactly_one_status_write_each"] and quiet["exactly_one_status_write_each"]
+            ),
+            figures={
+                "status_writes_per_transition": default["status_writes_per_transition"],
+                "transitions": default["transitions"],
+                "reads_per_transition": default["reads_per_transition"],
+            },
+        ),
+        _row(
+            "api.transition.writes_default",
+            "API: all writes per transition, default settings (GATE_EVENTS=true)",
+            f"{default['writes_per_transition']:.2f} writes = "
+            f"{default['status_writes_per_transition']:.2f} PATCH pods/status + "
+            f"{default['event_writes_per_transition']:.2f} POST events; "
+            f"{default['reads_per_transition']:.2f} reads ({_requests(default['requests'])})",
+            target="exactly 1 write per transition",
+            verdict=_verdict(default["exactly_one_write_each"]),
+            figures={
+                "writes_per_transition": default["writes_per_transition"],
+                "event_writes_per_transition": default["event_writes_per_transition"],
+                "transitions": default["transitions"],
+            },
+        ),
+        _row(
+            "api.transition.writes_noevents",
+            "API: all writes per transition, GATE_EVENTS=false",
+            f"{quiet['writes_per_transition']:.2f} writes, {quiet['reads_per_transition']:.2f} "
+            f"reads per transition ({_requests(quiet['requests'])})",
+            target="exactly 1 write per transition",
+            verdict=_verdict(quiet["exactly_one_write_each"]),
+            figures={
+                "writes_per_transition": quiet["writes_per_transition"],
+                "transitions": quiet["transitions"],
+            },
+        ),
+        _row(
+            "api.steady.writes",
+            "API: writes per hour in steady state",
+            f"{steady['writes_per_hour']:.0f}/h ({steady['writes']} in "
+            f"{window['window_seconds']:.0f} s, extrapolated)",
+            baseline=f"shell loop: {shell['writes_per_hour']:.0f}/h "
+            f"({shell['writes']} in the same window)",
+            target="0 writes",
+            verdict=_verdict(steady["writes"] == 0),
+            figures={
+                "writes_per_hour": steady["writes_per_hour"],
+                "shell_loop_writes_per_hour": shell["writes_per_hour"],
+                "window_seconds": window["window_seconds"],
+            },
+        ),
+        _row(
+            "api.steady.flaky",
+            "API: writes at rest while single probes fail (fewer than the failure threshold)",
+            f"{flaky['writes_per_hour']:.0f}/h ({flaky['writes']} writes in "
+            f"{window['window_seconds']:.0f} s with {window['flaky_blips']} port drops, each "
+            f"failing at most one probe; GATE_FAILURE_THRESHOLD=3{_requests_suffix(flaky)})",
+            target="0 writes (the gate never changes)",
+            verdict=_verdict(flaky["writes"] == 0),
+            figures={
+                "writes_per_hour": flaky["writes_per_hour"],
+                "writes": flaky["writes"],
+                "blips": window["flaky_blips"],
+            },
+        ),
+        _row(
+            "api.steady.reads",
+            "API: reads per hour in steady state",
+            f"{steady['reads_per_hour']:.0f}/h at GATE_RESYNC_SECONDS={window['resync_seconds']:g} "
+            f"({steady['reads']} in {window['window_seconds']:.0f} s, extrapolated; "
+            f"{_requests(steady['requests']) or 'none'}); at the default 300 s: "
+            f"{3600 / 300:.0f}/h",
+            baseline=f"shell loop: {shell['reads_per_hour']:.0f}/h",
+            target=f"only the resync's GETs (≈{expected_reads:.1f} in the window)",
+            verdict=_verdict(
+                only_gets
+                and math.floor(expected_reads) - 1 <= steady["reads"] <= math.ceil(expected_reads)
+            ),
+            figures={
+                "reads_per_hour": steady["reads_per_hour"],
+                "reads": steady["reads"],
+                "expected_reads": expected_reads,
+                "hours": hours,
+            },
+        ),
+    ]
+
+
+def _requests_suffix(data: Mapping[str, Any]) -> str:
+    return f"; {_requests(data['requests'])}" if data["requests"] else ""
+
+
+def _counts(values: Iterable[int]) -> str:
+    values = list(values)
+    return ", ".join(str(v) for v in values[:12]) + (" …" if len(values) > 12 else "")
+
+
+def _requests(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{n}x {k}" for k, n in counts.items())
+
+
+def footprint_rows(idle: JSON) -> list[JSON]:
+    usage = idle["idle"]["usage"]
+    agent, bare, libs = usage["agent"], usage["floor_bare"], usage["floor_libs"]
+    shell, periodic = usage["shell_loop"], usage["agent_periodic"]
+    startup = idle["startup"]
+    seconds = idle["idle"]["footprint_seconds"]
+    rss, cpu = agent["rss_bytes"], agent["cpu_millicores"]
+    return [
+        _row(
+            "footprint.rss",
+            "footprint: resident memory of one idle agent (3 checks)",
+            f"{rss / MIB:.1f} MiB VmRSS (peak {agent['hwm_bytes'] / MIB:.1f} MiB; "
+            f"{agent['threads']} threads)",
+            baseline=f"floor: python -c '' {bare['rss_bytes'] / MIB:.1f} MiB; "
+            f"+ import kubernetes_asyncio, aiohttp {libs['rss_bytes'] / MIB:.1f} MiB",
+            target=f"≤ {RSS_LIMIT / MIB:.0f} MiB",
+            verdict=_verdict(rss <= RSS_LIMIT),
+            figures={
+                "rss_bytes": rss,
+                "hwm_bytes": agent["hwm_bytes"],
+                "floor_bare_rss_bytes": bare["rss_bytes"],
+                "floor_libs_rss_bytes": libs["rss_bytes"],
+            },
+        ),
+        _row(
+            "footprint.cpu",
+            "footprint: CPU of one idle agent (3 checks)",
+            f"{cpu:.2f} millicores average over {seconds:.0f} s (utime+stime; the scheduler's "
+            f"ns count: {agent['sched_millicores']:.2f})",
+            baseline=f"floors {bare['cpu_millicores']:.2f} / {libs['cpu_millicores']:.2f} mc; "
+            f"the agent with GATE_EVENT_DRIVEN=false {periodic['cpu_millicores']:.2f} mc "
+            f"(sched {periodic['sched_millicores']:.2f}); "
+            f"shell loop (with its grep, curl) {shell['cpu_millicores']:.1f} mc",
+            target=f"≤ {CPU_LIMIT:g} millicores",
+            verdict=_verdict(cpu <= CPU_LIMIT),
+            figures={
+                "cpu_millicores": cpu,
+                "sched_millicores": agent["sched_millicores"],
+                "periodic_agent_millicores": periodic["cpu_millicores"],
+                "floor_bare_millicores": bare["cpu_millicores"],
+                "floor_libs_millicores": libs["cpu_millicores"],
+                "shell_loop_millicores": shell["cpu_millicores"],
+                "seconds": seconds,
+            },
+        ),
+        _row(
+            "footprint.overhead",
+            "footprint: the agent above the kubernetes_asyncio + aiohttp floor",
+            f"+{(rss - libs['rss_bytes']) / MIB:.1f} MiB RSS, "
+            f"+{cpu - libs['cpu_millicores']:.2f} millicores",
+            figures={
+                "rss_bytes": rss - libs["rss_bytes"],
+                "cpu_millicores": cpu - libs["cpu_millicores"],
+            },
+        ),
+        _row(
+            "footprint.startup",
+            "start-up: process start → first check result / first write",
+            f"first check {ms(startup['first_check']['p50'])}, first write "
+            f"{ms(startup['first_write']['p50'])}, first True written "
+            f"{ms(startup['first_true_write']['p50'])} (p50 of {startup['first_check']['n']}; "
+            f"max {ms(startup['first_write']['max'])})",
+            figures={
+                "first_check_p50": _num(startup["first_check"]["p50"]),
+                "first_write_p50": _num(startup["first_write"]["p50"]),
+                "first_true_write_p50": _num(startup["first_true_write"]["p50"]),
+                "agent_started_p50": _num(startup["agent_started"]["p50"]),
+            },
+        ),
+    ]
+
+
+def throughput_rows(data: JSON) -> list[JSON]:
+    capacity = data["capacity"]
+    agent, grep = data["live_agent"], data["live_tail_grep"]
+    limit = data["keep_up_limit_seconds"]
+    rate = capacity["agent_lines_per_second"]
+    keeps_up = (
+        agent["final_lag"] is not None
+        and agent["final_lag"] <= limit
+        and agent["p99_lag"] is not None
+        and agent["p99_lag"] <= limit
+    )
+    writer = agent["writer"]
+    return [
+        _row(
+            "throughput.capacity",
+            "log check: lines per second followed while matching two regexes",
+            f"{rate:,.0f} lines/s ({capacity['agent_mb_per_second']:.0f} MB/s; "
+            f"{capacity['lines']:,} lines)",
+            baseline=f"tail -F | grep: {capacity['tail_grep_lines_per_second']:,.0f} lines/s "
+            f"(the agent {rate / capacity['tail_grep_lines_per_second']:.2f}x of that)",
+            target=f"≥ {LINES_PER_SECOND:,} lines/s",
+            verdict=_verdict(rate >= LINES_PER_SECOND),
+            figures={
+                "lines_per_second": rate,
+                "tail_grep_lines_per_second": capacity["tail_grep_lines_per_second"],
+                "lines_per_cpu_second": capacity["agent_lines_per_cpu_second"],
+            },
+        ),
+        _row(
+            "throughput.live",
+            f"log check behind a {writer['bytes_per_second'] / 1e6:.1f} MB/s writer "
+            f"({writer['seconds']:.0f} s)",
+            f"last line detected after {ms(agent['final_lag'])}; tick lag p99 "
+            f"{ms(agent['p99_lag'])}, max {ms(agent['max_lag'])} ({agent['ticks_seen']} ticks); "
+            f"agent CPU {agent['cpu_seconds'] / writer['seconds'] * 1000:.0f} millicores",
+            baseline=f"tail -F | grep: last line {ms(grep['final_lag'])}, p99 "
+            f"{ms(grep['p99_lag'])}",
+            target=f"keeps up: last line and p99 lag ≤ {ms(limit)}",
+            verdict=_verdict(keeps_up),
+            figures={
+                "final_lag": _num(agent["final_lag"]),
+                "p99_lag": _num(agent["p99_lag"]),
+                "max_lag": _num(agent["max_lag"]),
+                "tail_grep_final_lag": _num(grep["final_lag"]),
+                "writer_bytes_per_second": writer["bytes_per_second"],
+            },
+        ),
+    ]
+
+
+def scale_rows(scale: JSON) -> list[JSON]:
+    rows = []
+    for size, data in scale["sizes"].items():
+        latency = data["status_write_latency"]
+        rows.append(
+            _row(
+                f"scale.n{size}",
+                f"scale: {size} agents flipping {scale['flips_per_agent']}x in "
+                f"{data['window_seconds']:.0f} s",
+                f"agents {data['agent_request_rate']:.1f} req/s (API server total "
+                f"{data['apiserver_request_rate']:.0f} req/s, CPU "
+                f"{data['apiserver_cpu_millicores']:.0f} mc); status PATCH p50/p99 "
+                f"{ms(latency['p50'])} / {ms(latency['p99'])} (server side; as the agents saw "
+                f"them: mean {ms(data['status_write_client_mean'])}); "
+                f"{data['requests_per_transition']:.2f} requests "
+                f"({data['status_writes_per_transition']:.2f} status writes) per transition; "
+                f"{data['transitions']} transitions from {data['flips']} flips, "
+                f"{data['errors']} errors{_codes(data['error_codes'])}, "
+                f"{data['status_writes_without_transition']} status writes without a transition; "
+                f"the agents' shared event loop lag p99 {ms(data['event_loop_lag']['p99'])}; "
+                f"load {data['load_average_1min_at_end']:.1f}",
+                figures={
+                    "agent_request_rate": data["agent_request_rate"],
+                    "apiserver_request_rate": data["apiserver_request_rate"],
+                    "status_write_p50": _num(latency["p50"]),
+                    "status_write_p99": _num(latency["p99"]),
+                    "event_loop_lag_p99": _num(data["event_loop_lag"]["p99"]),
+                    "requests_per_transition": data["requests_per_transition"],
+                    "status_writes_per_transition": data["status_writes_per_transition"],
+                    "transitions": data["transitions"],
+                    "errors": data["errors"],
+                    "apiserver_cpu_millicores": data["apiserver_cpu_millicores"],
+                    "agent_cpu_millicores_in_process": data[
+                        "agents_process_cpu_millicores_per_agent"
+                    ],
+                },
+            )
+        )
+    costs = {size: d["requests_per_transition"] for size, d in scale["sizes"].items()}
+    spread = scale["cost_spread"]
+    rows.append(
+        _row(
+            "scale.flat",
+            "scale: per-agent API cost as N grows",
+            "requests per transition: "
+            + ", ".join(f"N={size}: {cost:.2f}" for size, cost in costs.items())
+            + f" (max/min {spread:.2f})",
+            target=f"flat: max/min ≤ {FLAT_SPREAD:.2f}",
+            verdict=_verdict(spread <= FLAT_SPREAD),
+            figures={"spread": spread},
+        )
+    )
+    return rows
+
+
+def _codes(codes: Mapping[str, int]) -> str:
+    return f" ({', '.join(f'{n}x {code}' for code, n in codes.items())})" if codes else ""
+
+
+def build_rows(results: JSON) -> list[JSON]:
+    load = results["load_average"]
+    cores = results["machine"]["cores"]
+    sections = results["sections"]
+    rows = [
+        _row(
+            "run.load",
+            "machine load during the run (shared; other work runs too)",
+            f"1-min load average {load['load1_min']:.2f} to {load['load1_max']:.2f} "
+            f"(mean {load['load1_mean']:.2f}) on {cores} cores",
+            figures={k: load[k] for k in ("load1_min", "load1_mean", "load1_max")},
+        )
+    ]
+    rows += latency_rows(sections["latency"])
+    rows += api_rows(sections["idle"])
+    rows += footprint_rows(sections["idle"])
+    rows += throughput_rows(sections["log_throughput"])
+    rows += scale_rows(sections["scale"])
+    return rows
+
+
+def markdown(results: JSON) -> str:
+    machine = results["machine"]
+    head = (
+        f"Benchmarks ({results['mode']} run, {results['started_at']}, "
+        f"{results['duration_seconds'] / 60:.1f} min) on {machine['cores']} cores "
+        f"({machine['cpu_model']}), {machine['mem_total_bytes'] / 2**30:.0f} GiB, Linux "
+        f"{machine['kernel']}, Python {machine['python']}, Kubernetes {machine['kubernetes']}\n\n"
+    )
+    lines = [
+        "| Row | Result | Same-run baseline | Target | Verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for row in results["rows"]:
+        cells = [row["name"], row["result"], row["baseline"], row["target"], row["verdict"]]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    met = sum(1 for r in results["rows"] if r["verdict"] == "met")
+    missed = [r["id"] for r in results["rows"] if r["verdict"] == "missed"]
+    tail = f"\n\nTargets met: {met}; missed: {len(missed)}" + (
+        f" ({', '.join(missed)})" if missed else ""
+    )
+    return head + "\n".join(lines) + tail + "\n"
