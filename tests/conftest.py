@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.harness.agent import AgentProcess, agent_env, bound_token_dir
-from tests.harness.cluster import ControlPlane
+from tests.harness.cluster import APISERVER_PORT, ControlPlane
 from tests.harness.kube import KubeClient
 from tests.harness.workloads import (
     AGENT_SA,
@@ -95,14 +95,25 @@ def make_pod(admin: KubeClient, namespace: str, agent_rbac: str) -> Callable[...
 def start_agent(
     control_plane: ControlPlane, tmp_path: Path
 ) -> Iterator[Callable[..., AgentProcess]]:
-    """Start the agent as a subprocess for a Pod, with that Pod's bound token and environment."""
+    """Start the agent as a subprocess for a Pod, with that Pod's bound token and environment.
+
+    Without ``token_dir`` the agent gets a fresh token bound to the Pod, as the kubelet mounts it
+    (``token=False``: none at all). ``api_port`` points it elsewhere, e.g. at a fault proxy.
+    Agents still running at the end of the test are killed.
+    """
     started: list[AgentProcess] = []
 
-    def start(pod: PodRef | None, *, token: bool = True, **env: str) -> AgentProcess:
-        token_dir = None
-        if pod is not None and token:
+    def start(
+        pod: PodRef | None,
+        *,
+        token: bool = True,
+        token_dir: Path | None = None,
+        api_port: int = APISERVER_PORT,
+        **env: str,
+    ) -> AgentProcess:
+        if token_dir is None and pod is not None and token:
             token_dir = bound_token_dir(control_plane, pod, tmp_path / f"sa-{len(started)}").path
-        agent = AgentProcess(agent_env(pod, token_dir, env))
+        agent = AgentProcess(agent_env(pod, token_dir, env, api_port=api_port))
         started.append(agent)
         return agent
 

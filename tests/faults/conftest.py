@@ -16,10 +16,8 @@ import pytest
 from tests.faults.proxy import FaultProxy
 from tests.faults.support import Record
 from tests.faults.writer import LogWriter
-from tests.harness.agent import AgentProcess, agent_env, bound_token_dir
-from tests.harness.cluster import APISERVER_PORT, ControlPlane
+from tests.harness.cluster import ControlPlane
 from tests.harness.pki import ClientCert
-from tests.harness.workloads import PodRef
 
 _MEASURED = pytest.StashKey[list[tuple[str, str, float, str]]]()
 
@@ -54,36 +52,6 @@ def pytest_terminal_summary(
     terminalreporter.section("fault measurements")
     for test, name, value, unit in rows:
         terminalreporter.write_line(f"{test:<78} {name:<34} {value:10.3f} {unit}")
-
-
-@pytest.fixture
-def spawn_agent(
-    control_plane: ControlPlane, tmp_path: Path
-) -> Iterator[Callable[..., AgentProcess]]:
-    """Start the agent for a Pod, through any API port (the fault proxy's) and token directory.
-
-    Without ``token_dir``, the agent gets a fresh token bound to the Pod, as the kubelet mounts it.
-    Agents still running at the end of the test are killed.
-    """
-    started: list[AgentProcess] = []
-
-    def spawn(
-        pod: PodRef | None,
-        *,
-        api_port: int = APISERVER_PORT,
-        token_dir: Path | None = None,
-        **env: str,
-    ) -> AgentProcess:
-        if token_dir is None and pod is not None:
-            token_dir = bound_token_dir(control_plane, pod, tmp_path / f"sa-{len(started)}").path
-        agent = AgentProcess(agent_env(pod, token_dir, env, api_port=api_port))
-        started.append(agent)
-        return agent
-
-    yield spawn
-    for agent in started:
-        if agent.returncode is None:
-            agent.kill()
 
 
 @pytest.fixture(scope="session")

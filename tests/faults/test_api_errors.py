@@ -45,13 +45,13 @@ def _max_in_window(requests: list[Seen], window: float) -> int:
 
 def _start(
     make_pod: Callable[..., PodRef],
-    spawn_agent: Callable[..., AgentProcess],
+    start_agent: Callable[..., AgentProcess],
     proxy: FaultProxy,
     marker: Path,
     **env: str,
 ) -> tuple[PodRef, AgentProcess]:
     pod = make_pod()
-    agent = spawn_agent(
+    agent = start_agent(
         pod,
         api_port=proxy.port,
         CHECK_APP_KIND="file",
@@ -65,14 +65,14 @@ def _start(
 def test_429_retry_after_is_honoured_and_the_latest_state_is_written(
     admin: KubeClient,
     make_pod: Callable[..., PodRef],
-    spawn_agent: Callable[..., AgentProcess],
+    start_agent: Callable[..., AgentProcess],
     fault_proxy: FaultProxy,
     tmp_path: Path,
     record: Record,
 ) -> None:
     marker = tmp_path / "ready"
     marker.touch()
-    pod, agent = _start(make_pod, spawn_agent, fault_proxy, marker)
+    pod, agent = _start(make_pod, start_agent, fault_proxy, marker)
     wait_gate(admin, pod, "True", agent)
 
     retry_after, window = 3.0, 10.0
@@ -109,7 +109,7 @@ def test_429_retry_after_is_honoured_and_the_latest_state_is_written(
 def test_5xx_backs_off_exponentially_without_a_retry_storm(
     admin: KubeClient,
     make_pod: Callable[..., PodRef],
-    spawn_agent: Callable[..., AgentProcess],
+    start_agent: Callable[..., AgentProcess],
     fault_proxy: FaultProxy,
     tmp_path: Path,
     record: Record,
@@ -117,7 +117,7 @@ def test_5xx_backs_off_exponentially_without_a_retry_storm(
 ) -> None:
     marker = tmp_path / "ready"
     marker.touch()
-    pod, agent = _start(make_pod, spawn_agent, fault_proxy, marker)
+    pod, agent = _start(make_pod, start_agent, fault_proxy, marker)
     wait_gate(admin, pod, "True", agent)
 
     window = 8.0
@@ -157,7 +157,7 @@ def test_5xx_backs_off_exponentially_without_a_retry_storm(
 def test_an_agent_started_while_the_api_fails_syncs_once_it_answers(
     admin: KubeClient,
     make_pod: Callable[..., PodRef],
-    spawn_agent: Callable[..., AgentProcess],
+    start_agent: Callable[..., AgentProcess],
     fault_proxy: FaultProxy,
     tmp_path: Path,
     record: Record,
@@ -166,7 +166,7 @@ def test_an_agent_started_while_the_api_fails_syncs_once_it_answers(
     marker.touch()
     fault_proxy.fail(503, methods=("GET", "PATCH", "POST"), seconds=5.0)
     started = time.monotonic()
-    pod, agent = _start(make_pod, spawn_agent, fault_proxy, marker)
+    pod, agent = _start(make_pod, start_agent, fault_proxy, marker)
     agent.wait_started()
     assert agent.get("/readyz")[0] == 503  # not synchronised with the API server yet
     assert agent.get("/healthz")[0] == 200

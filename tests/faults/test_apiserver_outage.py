@@ -79,7 +79,7 @@ def test_outage_backoff_logs_once_and_the_latest_state_wins_after_recovery(
     control_plane: ControlPlane,
     admin: KubeClient,
     make_pod: Callable[..., PodRef],
-    spawn_agent: Callable[..., AgentProcess],
+    start_agent: Callable[..., AgentProcess],
     outage: Callable[[], None],
     tmp_path: Path,
     record: Record,
@@ -87,7 +87,7 @@ def test_outage_backoff_logs_once_and_the_latest_state_wins_after_recovery(
     marker = tmp_path / "ready"
     marker.touch()
     pod = make_pod()
-    agent = spawn_agent(pod, CHECK_APP_KIND="file", CHECK_APP_PATH=str(marker), **FAST)
+    agent = start_agent(pod, CHECK_APP_KIND="file", CHECK_APP_PATH=str(marker), **FAST)
     wait_gate(admin, pod, "True", agent, reason="ChecksPassed")
     patches_before = metric(agent, "readiness_gate_api_requests_total", verb="patch")
 

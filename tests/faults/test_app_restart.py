@@ -116,7 +116,7 @@ def _gates_while_starting(
 def test_app_restarts_take_both_gates_false_until_it_is_ready_again(
     admin: KubeClient,
     make_pod: Callable[..., PodRef],
-    spawn_agent: Callable[..., AgentProcess],
+    start_agent: Callable[..., AgentProcess],
     legacy_app: Callable[[Path, int], LegacyApp],
     tmp_path: Path,
     record: Record,
@@ -125,7 +125,7 @@ def test_app_restarts_take_both_gates_false_until_it_is_ready_again(
     port = free_port()
     pod = make_pod(gates=[LOG_GATE, PORT_GATE])
     app = legacy_app(log, port)
-    agent = spawn_agent(
+    agent = start_agent(
         pod,
         CHECK_LOG_KIND="log",
         CHECK_LOG_PATH=str(log),

@@ -127,13 +127,13 @@ def black_hole() -> Iterator[BlackHole]:
 def test_hung_checks_time_out_on_time_and_healthz_stays_fast(
     admin: KubeClient,
     make_pod: Callable[..., PodRef],
-    spawn_agent: Callable[..., AgentProcess],
+    start_agent: Callable[..., AgentProcess],
     black_hole: BlackHole,
     record: Record,
 ) -> None:
     with full_backlog() as backlog_port:
         pod = make_pod()
-        agent = spawn_agent(
+        agent = start_agent(
             pod,
             GATE_PERIOD_SECONDS=str(PERIOD),
             GATE_TIMEOUT_SECONDS=str(TIMEOUT),

@@ -96,7 +96,7 @@ class Followed:
 def follow(
     admin: KubeClient,
     make_pod: Callable[..., PodRef],
-    spawn_agent: Callable[..., AgentProcess],
+    start_agent: Callable[..., AgentProcess],
     log_writer: Callable[[Path], LogWriter],
     tmp_path: Path,
 ) -> Callable[..., Followed]:
@@ -112,7 +112,7 @@ def follow(
         if initial is not None:
             writer.do("create", then=initial)
         pod = make_pod()
-        agent = spawn_agent(
+        agent = start_agent(
             pod,
             GATE_CONDITION_TYPE=GATE,
             CHECK_APP_KIND="log",

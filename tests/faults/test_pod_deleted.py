@@ -73,7 +73,7 @@ def test_pod_deleted_404_stops_the_writer_for_good(
     control_plane: ControlPlane,
     admin: KubeClient,
     make_pod: Callable[..., PodRef],
-    spawn_agent: Callable[..., AgentProcess],
+    start_agent: Callable[..., AgentProcess],
     namespace: str,
     tmp_path: Path,
     record: Record,
@@ -86,7 +86,7 @@ def test_pod_deleted_404_stops_the_writer_for_good(
     token_dir = write_token_dir(
         tmp_path / "sa", token=token, ca_file=control_plane.pki.ca_cert, namespace=namespace
     ).path
-    agent = spawn_agent(
+    agent = start_agent(
         pod, token_dir=token_dir, CHECK_APP_KIND="file", CHECK_APP_PATH=str(marker), **FAST
     )
     wait_gate(admin, pod, "True", agent)
@@ -117,14 +117,14 @@ def test_pod_deleted_with_its_bound_token_the_agent_backs_off_on_401(
     control_plane: ControlPlane,
     admin: KubeClient,
     make_pod: Callable[..., PodRef],
-    spawn_agent: Callable[..., AgentProcess],
+    start_agent: Callable[..., AgentProcess],
     tmp_path: Path,
     record: Record,
 ) -> None:
     marker = tmp_path / "ready"
     marker.touch()
     pod = make_pod()
-    agent = spawn_agent(pod, CHECK_APP_KIND="file", CHECK_APP_PATH=str(marker), **FAST)
+    agent = start_agent(pod, CHECK_APP_KIND="file", CHECK_APP_PATH=str(marker), **FAST)
     wait_gate(admin, pod, "True", agent)
 
     _delete_now(admin, pod)

@@ -23,14 +23,14 @@ STATUS = "/status"
 def _agent_through_proxy(
     admin: KubeClient,
     make_pod: Callable[..., PodRef],
-    spawn_agent: Callable[..., AgentProcess],
+    start_agent: Callable[..., AgentProcess],
     proxy: FaultProxy,
     marker: Path,
     **env: str,
 ) -> tuple[PodRef, AgentProcess]:
     marker.touch()
     pod = make_pod()
-    agent = spawn_agent(
+    agent = start_agent(
         pod, api_port=proxy.port, CHECK_APP_KIND="file", CHECK_APP_PATH=str(marker), **FAST, **env
     )
     wait_gate(admin, pod, "True", agent)
@@ -40,13 +40,13 @@ def _agent_through_proxy(
 def test_sigterm_during_a_write_the_api_server_never_answers(
     admin: KubeClient,
     make_pod: Callable[..., PodRef],
-    spawn_agent: Callable[..., AgentProcess],
+    start_agent: Callable[..., AgentProcess],
     fault_proxy: FaultProxy,
     tmp_path: Path,
     record: Record,
 ) -> None:
     marker = tmp_path / "ready"
-    pod, agent = _agent_through_proxy(admin, make_pod, spawn_agent, fault_proxy, marker)
+    pod, agent = _agent_through_proxy(admin, make_pod, start_agent, fault_proxy, marker)
     fault_proxy.hold(path_suffix=STATUS)
     marker.unlink()
     wait_for("a held write", lambda: fault_proxy.held == 1, describe=agent.describe)
@@ -60,13 +60,13 @@ def test_sigterm_during_a_write_the_api_server_never_answers(
 def test_sigterm_during_backoff(
     admin: KubeClient,
     make_pod: Callable[..., PodRef],
-    spawn_agent: Callable[..., AgentProcess],
+    start_agent: Callable[..., AgentProcess],
     fault_proxy: FaultProxy,
     tmp_path: Path,
     record: Record,
 ) -> None:
     marker = tmp_path / "ready"
-    _, agent = _agent_through_proxy(admin, make_pod, spawn_agent, fault_proxy, marker)
+    _, agent = _agent_through_proxy(admin, make_pod, start_agent, fault_proxy, marker)
     fault_proxy.fail(503, path_suffix=STATUS)
     marker.unlink()
     # After the fourth 503 the writer sleeps 4-8 s before it tries again.
@@ -83,14 +83,14 @@ def test_sigterm_during_backoff(
 def test_sigterm_with_on_shutdown_false_when_the_shutdown_write_hangs(
     admin: KubeClient,
     make_pod: Callable[..., PodRef],
-    spawn_agent: Callable[..., AgentProcess],
+    start_agent: Callable[..., AgentProcess],
     fault_proxy: FaultProxy,
     tmp_path: Path,
     record: Record,
 ) -> None:
     marker = tmp_path / "ready"
     _, agent = _agent_through_proxy(
-        admin, make_pod, spawn_agent, fault_proxy, marker, GATE_ON_SHUTDOWN="false"
+        admin, make_pod, start_agent, fault_proxy, marker, GATE_ON_SHUTDOWN="false"
     )
     fault_proxy.hold(path_suffix=STATUS)
     elapsed = finish(agent)
@@ -102,14 +102,14 @@ def test_sigterm_with_on_shutdown_false_when_the_shutdown_write_hangs(
 def test_sigterm_with_on_shutdown_false_writes_false_when_the_api_answers(
     admin: KubeClient,
     make_pod: Callable[..., PodRef],
-    spawn_agent: Callable[..., AgentProcess],
+    start_agent: Callable[..., AgentProcess],
     fault_proxy: FaultProxy,
     tmp_path: Path,
     record: Record,
 ) -> None:
     marker = tmp_path / "ready"
     pod, agent = _agent_through_proxy(
-        admin, make_pod, spawn_agent, fault_proxy, marker, GATE_ON_SHUTDOWN="false"
+        admin, make_pod, start_agent, fault_proxy, marker, GATE_ON_SHUTDOWN="false"
     )
     elapsed = finish(agent)
     record("sigterm_exit_with_shutdown_write", elapsed, "s")

@@ -60,7 +60,7 @@ def test_rotated_token_is_picked_up_without_a_restart_after_the_old_one_is_revok
     control_plane: ControlPlane,
     admin: KubeClient,
     make_pod: Callable[..., PodRef],
-    spawn_agent: Callable[..., AgentProcess],
+    start_agent: Callable[..., AgentProcess],
     tmp_path: Path,
     record: Record,
 ) -> None:
@@ -69,7 +69,7 @@ def test_rotated_token_is_picked_up_without_a_restart_after_the_old_one_is_revok
     pod = make_pod()
     token_dir = tmp_path / "serviceaccount"
     old = _project_token(control_plane, pod, token_dir)
-    agent = spawn_agent(
+    agent = start_agent(
         pod, token_dir=token_dir, CHECK_APP_KIND="file", CHECK_APP_PATH=str(marker), **FAST
     )
     wait_gate(admin, pod, "True", agent)
