@@ -14,27 +14,13 @@ import pytest
 from tests.harness.agent import AgentProcess
 from tests.harness.cluster import ControlPlane
 from tests.harness.kube import JSON, KubeClient, condition, condition_status, wait_for
-from tests.harness.workloads import GATE, PodRef
+from tests.harness.workloads import GATE, PodRef, wait_gate, wait_ready
 
 FAST = {"GATE_PERIOD_SECONDS": "0.5", "GATE_TIMEOUT_SECONDS": "0.4", "GATE_FAILURE_THRESHOLD": "1"}
 
 
 def _pod(admin: KubeClient, pod: PodRef) -> JSON:
     return admin.pod(pod.namespace, pod.name)
-
-
-def _wait_gate(
-    admin: KubeClient, pod: PodRef, status: str, agent: AgentProcess, gate: str = GATE
-) -> JSON:
-    def probe() -> JSON | None:
-        cond = condition(_pod(admin, pod), gate)
-        return cond if cond is not None and cond.get("status") == status else None
-
-    return wait_for(f"{gate} {status}", probe, describe=agent.describe)
-
-
-def _wait_ready(admin: KubeClient, pod: PodRef, status: str) -> None:
-    wait_for(f"Ready {status}", lambda: condition_status(_pod(admin, pod), "Ready") == status)
 
 
 def _free_port() -> int:
@@ -80,20 +66,20 @@ def test_tcp_check_follows_a_banner_server_that_opens_and_closes_its_port(
         CHECK_SMTP_EXPECT="^220 ",
         **FAST,
     )
-    ready = _wait_gate(admin, pod, "True", agent)
+    ready = wait_gate(admin, pod, "True", agent)
     assert ready["reason"] == "ChecksPassed"
     assert f"tcp SMTP: reply from 127.0.0.1:{port}" in ready["message"]
-    _wait_ready(admin, pod, "True")
+    wait_ready(admin, pod, "True")
 
     app.send_signal(signal.SIGUSR1)  # the app closes its port
-    failed = _wait_gate(admin, pod, "False", agent)
+    failed = wait_gate(admin, pod, "False", agent)
     assert failed["reason"] == "CheckFailed"
     assert "refused" in failed["message"]
-    _wait_ready(admin, pod, "False")
+    wait_ready(admin, pod, "False")
 
     app.send_signal(signal.SIGUSR2)  # and opens it again
-    _wait_gate(admin, pod, "True", agent)
-    _wait_ready(admin, pod, "True")
+    wait_gate(admin, pod, "True", agent)
+    wait_ready(admin, pod, "True")
 
 
 def test_file_marker_present_then_removed_flips_the_gate(
@@ -107,15 +93,15 @@ def test_file_marker_present_then_removed_flips_the_gate(
     agent = start_agent(
         pod, CHECK_MARK_KIND="file", CHECK_MARK_PATH=str(marker), CHECK_MARK_CONTAINS="ok", **FAST
     )
-    first = _wait_gate(admin, pod, "False", agent)
+    first = wait_gate(admin, pod, "False", agent)
     assert "does not exist" in first["message"]
     marker.parent.mkdir()
     marker.write_text("ok\n")
-    _wait_gate(admin, pod, "True", agent)
-    _wait_ready(admin, pod, "True")
+    wait_gate(admin, pod, "True", agent)
+    wait_ready(admin, pod, "True")
     marker.unlink()
-    _wait_gate(admin, pod, "False", agent)
-    _wait_ready(admin, pod, "False")
+    wait_gate(admin, pod, "False", agent)
+    wait_ready(admin, pod, "False")
 
 
 def test_condition_type_is_taken_from_the_pods_only_readiness_gate(
@@ -128,8 +114,8 @@ def test_condition_type_is_taken_from_the_pods_only_readiness_gate(
     marker.touch()
     pod = make_pod(gates=["example.com/only-gate"])
     agent = start_agent(pod, CHECK_M_KIND="file", CHECK_M_PATH=str(marker), **FAST)
-    _wait_gate(admin, pod, "True", agent, gate="example.com/only-gate")
-    _wait_ready(admin, pod, "True")
+    wait_gate(admin, pod, "True", agent, gate="example.com/only-gate")
+    wait_ready(admin, pod, "True")
 
 
 def test_http_and_exec_checks_feed_two_gates_of_one_pod(
@@ -162,14 +148,14 @@ def test_http_and_exec_checks_feed_two_gates_of_one_pod(
             CHECK_DB_GATE="example.com/db",
             **FAST,
         )
-        web = _wait_gate(admin, pod, "True", agent, gate="example.com/web")
+        web = wait_gate(admin, pod, "True", agent, gate="example.com/web")
         assert "http WEB" in web["message"]
-        db = _wait_gate(admin, pod, "False", agent, gate="example.com/db")
+        db = wait_gate(admin, pod, "False", agent, gate="example.com/db")
         assert "exec DB: exit status 1" in db["message"]
-        _wait_ready(admin, pod, "False")
+        wait_ready(admin, pod, "False")
         flag.touch()
-        _wait_gate(admin, pod, "True", agent, gate="example.com/db")
-        _wait_ready(admin, pod, "True")
+        wait_gate(admin, pod, "True", agent, gate="example.com/db")
+        wait_ready(admin, pod, "True")
     finally:
         http.terminate()
         http.wait(5)
@@ -185,9 +171,9 @@ def test_describe_shows_the_gate_reason_and_an_event_per_transition(
     marker = tmp_path / "ready"
     pod = make_pod()
     agent = start_agent(pod, CHECK_APP_KIND="file", CHECK_APP_PATH=str(marker), **FAST)
-    _wait_gate(admin, pod, "False", agent)
+    wait_gate(admin, pod, "False", agent)
     marker.touch()
-    _wait_gate(admin, pod, "True", agent)
+    wait_gate(admin, pod, "True", agent)
 
     def described() -> str | None:
         text = control_plane.kubectl("-n", pod.namespace, "describe", "pod", pod.name).stdout
@@ -209,7 +195,8 @@ def test_restarted_agent_keeps_an_existing_true_until_its_checks_decide(
     marker.touch()
     pod = make_pod()
     first = start_agent(pod, CHECK_APP_KIND="file", CHECK_APP_PATH=str(marker), **FAST)
-    true_before = _wait_gate(admin, pod, "True", first)
+    true_before = wait_gate(admin, pod, "True", first)
+    wait_ready(admin, pod, "True")
     first.stop()
 
     second = start_agent(
@@ -299,7 +286,7 @@ def test_event_driven_wakeups_can_be_turned_off(
         GATE_EVENT_DRIVEN=event_driven,
         **FAST,
     )
-    _wait_gate(admin, pod, "False", agent)
+    wait_gate(admin, pod, "False", agent)
     assert _inotify_fds(agent.pid) == watches
     marker.touch()
-    _wait_gate(admin, pod, "True", agent)
+    wait_gate(admin, pod, "True", agent)

@@ -31,7 +31,7 @@ import pytest
 from sidecar.config import load_settings
 from tests.harness.agent import AgentProcess
 from tests.harness.cluster import NODE_NAME, ControlPlane
-from tests.harness.kube import JSON, KubeClient, condition, condition_status, wait_for
+from tests.harness.kube import JSON, KubeClient, condition_status, wait_for
 from tests.harness.manifests import (
     SIDECAR_CONTAINER,
     Example,
@@ -42,7 +42,14 @@ from tests.harness.manifests import (
     sidecar_image,
     sidecar_of,
 )
-from tests.harness.workloads import AGENT_RBAC_MANIFEST, AGENT_SA, PodRef, endpoint_ready
+from tests.harness.workloads import (
+    AGENT_RBAC_MANIFEST,
+    AGENT_SA,
+    PodRef,
+    endpoint_ready,
+    wait_gate,
+    wait_ready,
+)
 
 EXAMPLES = example_names()
 GATE_PORT = 9779
@@ -80,26 +87,6 @@ def _free_port() -> int:
 
 def _pod(admin: KubeClient, ref: PodRef) -> JSON:
     return admin.pod(ref.namespace, ref.name)
-
-
-def _wait_condition(
-    admin: KubeClient, ref: PodRef, condition_type: str, status: str, agent: AgentProcess
-) -> JSON:
-    def probe() -> JSON | None:
-        found = condition(_pod(admin, ref), condition_type)
-        return found if found is not None and found.get("status") == status else None
-
-    return wait_for(
-        f"{ref.name}: {condition_type} {status}", probe, timeout=45, describe=agent.describe
-    )
-
-
-def _wait_ready(admin: KubeClient, ref: PodRef, status: str) -> None:
-    wait_for(
-        f"{ref.name}: Ready {status}",
-        lambda: condition_status(_pod(admin, ref), "Ready") == status,
-        timeout=45,
-    )
 
 
 def _probed_since(agent: AgentProcess, check: str, since: float) -> dict[str, Any]:
@@ -417,8 +404,8 @@ def test_log_java_tomcat_startup_line_opens_the_gate_and_an_out_of_memory_error_
     sidecar = LocalSidecar(spec, pod, tmp_path)
     ref = sidecar.ref
     agent = start_agent(ref, **sidecar.env())
-    _wait_condition(admin, ref, gate, "False", agent)
-    _wait_ready(admin, ref, "False")
+    wait_gate(admin, ref, "False", agent, gate=gate, timeout=45)
+    wait_ready(admin, ref, "False", timeout=45)
 
     # Tomcat writes catalina.out into its own logs directory: the file the sidecar reads.
     catalina_out = "/usr/local/tomcat/logs/catalina.out"
@@ -433,10 +420,10 @@ def test_log_java_tomcat_startup_line_opens_the_gate_and_an_out_of_memory_error_
 
     with log.open("a") as out:
         out.write(_tomcat(TOMCAT_STARTED))
-    passed = _wait_condition(admin, ref, gate, "True", agent)
+    passed = wait_gate(admin, ref, "True", agent, gate=gate, timeout=45)
     assert passed["reason"] == "ChecksPassed"
     assert "log TOMCAT" in passed["message"]
-    _wait_ready(admin, ref, "True")
+    wait_ready(admin, ref, "True", timeout=45)
     for waited in ("Ready", gate):  # as the README waits for them
         control_plane.kubectl(
             "wait", "-n", namespace, f"--for=condition={waited}", f"pod/{ref.name}", "--timeout=30s"
@@ -456,10 +443,10 @@ def test_log_java_tomcat_startup_line_opens_the_gate_and_an_out_of_memory_error_
 
     with log.open("a") as out:
         out.write(_tomcat(TOMCAT_OUT_OF_MEMORY))
-    failed = _wait_condition(admin, ref, gate, "False", agent)
+    failed = wait_gate(admin, ref, "False", agent, gate=gate, timeout=45)
     assert failed["reason"] == "CheckFailed"
     assert "fail pattern" in failed["message"]
-    _wait_ready(admin, ref, "False")
+    wait_ready(admin, ref, "False", timeout=45)
     wait_for(
         "the Service's endpoint to be not ready",
         lambda: endpoint_ready(admin, namespace, "legacy-tomcat", ref.name) is False,
@@ -475,8 +462,8 @@ def test_log_java_tomcat_startup_line_opens_the_gate_and_an_out_of_memory_error_
     assert condition_status(_pod(admin, ref), gate) == "False"
     with log.open("a") as out:
         out.write(_tomcat(TOMCAT_STARTED))
-    _wait_condition(admin, ref, gate, "True", agent)
-    _wait_ready(admin, ref, "True")
+    wait_gate(admin, ref, "True", agent, gate=gate, timeout=45)
+    wait_ready(admin, ref, "True", timeout=45)
     _assert_fits_its_memory_request(agent, sidecar)
 
 
@@ -498,8 +485,8 @@ def test_tcp_banner_redis_gate_waits_for_pong_not_for_the_open_port(
     sidecar = LocalSidecar(spec, pod, tmp_path, ports={6379: port})
     ref = sidecar.ref
     agent = start_agent(ref, **sidecar.env())
-    _wait_condition(admin, ref, gate, "False", agent)
-    _wait_ready(admin, ref, "False")
+    wait_gate(admin, ref, "False", agent, gate=gate, timeout=45)
+    wait_ready(admin, ref, "False", timeout=45)
 
     # Redis accepts connections while it loads its data set, and answers -LOADING: not ready.
     redis = FakeRedis(port)
@@ -509,18 +496,18 @@ def test_tcp_banner_redis_gate_waits_for_pong_not_for_the_open_port(
     assert condition_status(_pod(admin, ref), gate) == "False"
 
     redis.loading = False
-    passed = _wait_condition(admin, ref, gate, "True", agent)
+    passed = wait_gate(admin, ref, "True", agent, gate=gate, timeout=45)
     assert passed["reason"] == "ChecksPassed"
     assert f"tcp REDIS: reply from 127.0.0.1:{port} matches" in passed["message"]
-    _wait_ready(admin, ref, "True")
+    wait_ready(admin, ref, "True", timeout=45)
 
     # Redis goes away: after the failure threshold (3 probes, the default) the gate closes.
     redis.close()
     closing.remove(redis)
-    failed = _wait_condition(admin, ref, gate, "False", agent)
+    failed = wait_gate(admin, ref, "False", agent, gate=gate, timeout=45)
     assert failed["reason"] == "CheckFailed"
     assert "refused" in failed["message"]
-    _wait_ready(admin, ref, "False")
+    wait_ready(admin, ref, "False", timeout=45)
     _assert_fits_its_memory_request(agent, sidecar)
 
 
@@ -542,16 +529,16 @@ def test_heartbeat_file_each_worker_is_ready_while_its_own_heartbeat_is_fresh(
     agents = [start_agent(s.ref, **s.env()) for s in sidecars]
     heartbeats = [s.host_path("/heartbeat/alive", container="worker") for s in sidecars]
     for sidecar, agent in zip(sidecars, agents, strict=True):
-        waiting = _wait_condition(admin, sidecar.ref, gate, "False", agent)
+        waiting = wait_gate(admin, sidecar.ref, "False", agent, gate=gate, timeout=45)
         assert waiting["reason"] in {"ChecksPending", "CheckFailed"}
 
     # The first worker finishes a job; the second is still connecting to its queue.
     started = time.time()
     heartbeats[0].touch()
     first, second = sidecars
-    passed = _wait_condition(admin, first.ref, gate, "True", agents[0])
+    passed = wait_gate(admin, first.ref, "True", agents[0], gate=gate, timeout=45)
     assert "file HEARTBEAT" in passed["message"]
-    _wait_ready(admin, first.ref, "True")
+    wait_ready(admin, first.ref, "True", timeout=45)
     assert "does not exist" in _probed_since(agents[1], "HEARTBEAT", started)["detail"]
     assert condition_status(_pod(admin, second.ref), "Ready") == "False"
     deployment = f"/apis/apps/v1/namespaces/{namespace}/deployments/{owner['metadata']['name']}"
@@ -563,16 +550,16 @@ def test_heartbeat_file_each_worker_is_ready_while_its_own_heartbeat_is_fresh(
     # The first worker hangs: its heartbeat gets older than CHECK_HEARTBEAT_MAX_AGE_SECONDS.
     an_hour_ago = time.time() - 3600
     os.utime(heartbeats[0], (an_hour_ago, an_hour_ago))
-    stale = _wait_condition(admin, first.ref, gate, "False", agents[0])
+    stale = wait_gate(admin, first.ref, "False", agents[0], gate=gate, timeout=45)
     assert stale["reason"] == "CheckFailed"
     assert "older than 30s" in stale["message"]
-    _wait_ready(admin, first.ref, "False")
+    wait_ready(admin, first.ref, "False", timeout=45)
 
     # Both work: the rollout is complete.
     for heartbeat in heartbeats:
         heartbeat.touch()
     for sidecar, agent in zip(sidecars, agents, strict=True):
-        _wait_condition(admin, sidecar.ref, gate, "True", agent)
+        wait_gate(admin, sidecar.ref, "True", agent, gate=gate, timeout=45)
     name = owner["metadata"]["name"]
     control_plane.kubectl(
         "rollout", "status", f"deployment/{name}", "-n", namespace, "--timeout=60s", timeout=90
@@ -604,7 +591,7 @@ def test_multi_gate_each_gate_has_its_own_check_and_ready_needs_both(
     ref = sidecar.ref
     agent = start_agent(ref, **sidecar.env())
     for gate in (web_gate, data_gate):
-        _wait_condition(admin, ref, gate, "False", agent)
+        wait_gate(admin, ref, "False", agent, gate=gate, timeout=45)
     assert _readiness_gates_column(control_plane, ref) == "0/2"
 
     # The status page answers 200 all along; only its body says the application is up.
@@ -612,10 +599,10 @@ def test_multi_gate_each_gate_has_its_own_check_and_ready_needs_both(
     assert not waiting["ok"]
     assert "body" in waiting["detail"]
     page.body = up + "\n"
-    web = _wait_condition(admin, ref, web_gate, "True", agent)
+    web = wait_gate(admin, ref, "True", agent, gate=web_gate, timeout=45)
     assert "http WEB" in web["message"]
     assert condition_status(_pod(admin, ref), data_gate) == "False"
-    _wait_ready(admin, ref, "False")
+    wait_ready(admin, ref, "False", timeout=45)
     assert _readiness_gates_column(control_plane, ref) == "1/2"
 
     # The loader writes its marker: first "loading", then "complete".
@@ -627,9 +614,9 @@ def test_multi_gate_each_gate_has_its_own_check_and_ready_needs_both(
     written = time.time()
     assert "does not match" in _probed_since(agent, "DATA", written)["detail"]
     marker.write_text(f"complete {time.ctime()}\n")
-    data = _wait_condition(admin, ref, data_gate, "True", agent)
+    data = wait_gate(admin, ref, "True", agent, gate=data_gate, timeout=45)
     assert "file DATA" in data["message"]
-    _wait_ready(admin, ref, "True")
+    wait_ready(admin, ref, "True", timeout=45)
     assert _readiness_gates_column(control_plane, ref) == "2/2"
     _assert_fits_its_memory_request(agent, sidecar)
 

@@ -15,10 +15,11 @@ from typing import Any
 
 from tests.harness.agent import AgentProcess
 from tests.harness.cluster import ControlPlane
-from tests.harness.kube import JSON, KubeClient, condition, wait_for
-from tests.harness.workloads import GATE, PodRef
+from tests.harness.kube import JSON, KubeClient, wait_for
+from tests.harness.workloads import GATE, PodRef, gate_condition, wait_gate
 
 ROOT = Path(__file__).resolve().parents[2]
+__all__ = ["gate_condition", "wait_gate"]  # re-exported for the fault tests
 
 Record = Callable[[str, float, str], None]
 """``record(name, value, unit)``: a measured number for the run's summary (fixture ``record``)."""
@@ -39,41 +40,6 @@ HEALTHZ_BOUND = 0.1
 
 
 # --- the gate on the real Pod ----------------------------------------------------------------
-
-
-def gate_condition(admin: KubeClient, pod: PodRef, gate: str = GATE) -> JSON | None:
-    return condition(admin.pod(pod.namespace, pod.name), gate)
-
-
-def wait_gate(
-    admin: KubeClient,
-    pod: PodRef,
-    status: str,
-    agent: AgentProcess,
-    *,
-    reason: str | None = None,
-    message: str | None = None,
-    gate: str = GATE,
-    timeout: float = 30,
-) -> JSON:
-    """Wait until the Pod's gate condition has ``status`` (and ``reason``, a ``message`` part)."""
-
-    def probe() -> JSON | None:
-        cond = gate_condition(admin, pod, gate)
-        if cond is None or cond.get("status") != status:
-            return None
-        if reason is not None and cond.get("reason") != reason:
-            return None
-        if message is not None and message not in str(cond.get("message")):
-            return None
-        return cond
-
-    what = (
-        f"{gate} {status}"
-        + (f" ({reason})" if reason else "")
-        + (f" [{message}]" if message else "")
-    )
-    return wait_for(what, probe, timeout=timeout, interval=0.05, describe=agent.describe)
 
 
 def assert_gate_stays(

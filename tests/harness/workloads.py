@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -17,10 +18,14 @@ from tests.harness.kube import (
     STRATEGIC,
     ApiError,
     KubeClient,
+    condition,
     condition_status,
     wait_for,
 )
 from tests.harness.tokens import request_token
+
+if TYPE_CHECKING:  # agent.py imports this module
+    from tests.harness.agent import AgentProcess
 
 GATE = "example.com/legacy-ready"
 RBAC_DIR = Path(__file__).resolve().parents[2] / "examples" / "rbac"
@@ -259,3 +264,52 @@ def _wait_until_policy_enforced(plane: ControlPlane, timeout: float) -> None:
         )
     finally:
         delete_namespace(plane, namespace)
+
+
+# --- waiting on the real Pod ----------------------------------------------------------------
+
+
+def gate_condition(admin: KubeClient, pod: PodRef, gate: str = GATE) -> JSON | None:
+    return condition(admin.pod(pod.namespace, pod.name), gate)
+
+
+def wait_gate(
+    admin: KubeClient,
+    pod: PodRef,
+    status: str,
+    agent: AgentProcess | None = None,
+    *,
+    reason: str | None = None,
+    message: str | None = None,
+    gate: str = GATE,
+    timeout: float = 30,
+) -> JSON:
+    """Wait until the Pod's gate condition has ``status`` (and ``reason``, a ``message`` part)."""
+
+    def probe() -> JSON | None:
+        cond = gate_condition(admin, pod, gate)
+        if cond is None or cond.get("status") != status:
+            return None
+        if reason is not None and cond.get("reason") != reason:
+            return None
+        if message is not None and message not in str(cond.get("message")):
+            return None
+        return cond
+
+    what = (
+        f"{gate} {status}"
+        + (f" ({reason})" if reason else "")
+        + (f" [{message}]" if message else "")
+    )
+    return wait_for(
+        what, probe, timeout=timeout, interval=0.05, describe=agent.describe if agent else None
+    )
+
+
+def wait_ready(admin: KubeClient, pod: PodRef, status: str, *, timeout: float = 30) -> None:
+    """Wait until the kubelet-computed ``Ready`` condition of ``pod`` has ``status``."""
+    wait_for(
+        f"{pod.name}: Ready {status}",
+        lambda: condition_status(admin.pod(pod.namespace, pod.name), "Ready") == status,
+        timeout=timeout,
+    )
