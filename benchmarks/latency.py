@@ -18,9 +18,9 @@ quick; it does not touch the rising edge that is measured (success threshold 1, 
 A *lane* is one Pod (with its own Service, so its endpoint has its own EndpointSlice), one agent
 process with that Pod's bound token, and one fake application. A trial: wait a random delay of up
 to one period (so triggers are uniformly spread over the probe phase, not aligned with the last
-probe; for the event-driven log and file checks, over their 1 s stat poll), make the app ready,
-wait for the three observations, make the app not ready again and wait until all three are back
-to not ready (a lane's last trial leaves its app ready: the lane stops next).
+probe; for the event-driven log and file checks, which do not wait for a probe, over 1 s), make
+the app ready, wait for the three observations, make the app not ready again and wait until all
+three are back to not ready (a lane's last trial leaves its app ready: the lane stops next).
 
 Keeping agents idle-equivalent: lanes run in parallel to save time, but
 
@@ -62,12 +62,12 @@ from benchmarks.cluster import (
     token_dirs,
 )
 from benchmarks.common import JSON, ProcWatcher, parse_time, summary
-from sidecar.checks._inotify import FileWakeups
 from tests.harness.agent import AgentProcess, agent_env
 from tests.harness.cluster import ControlPlane
 from tests.harness.workloads import GATE, PodRef
 
-MAX_POLL_INTERVAL = FileWakeups.MAX_POLL_INTERVAL
+#: What a trigger of an event-driven check is spread over (its period does not matter to it).
+EVENT_SPREAD = 1.0
 PERIODIC_GAP = 0.1
 EXCLUSIVE_GAP = 0.05
 SHELL_SETTLE = 1.6  # after the app stops: let an iteration that already passed its test finish
@@ -307,10 +307,10 @@ class LatencyBench:
 
     @staticmethod
     def _phase_span(lane: Lane) -> float:
-        """What a trigger is spread over: the probe period, or for an event-driven check its
-        stat poll interval (inotify wakes it at once; the poll is the fallback)."""
+        """What a trigger is spread over: the probe period, or for an event-driven check
+        (which inotify wakes at once, whatever its period) :data:`EVENT_SPREAD`."""
         if lane.config.name == "agent" and lane.kind != "tcp":
-            return min(lane.config.period, MAX_POLL_INTERVAL)
+            return min(lane.config.period, EVENT_SPREAD)
         return lane.config.period
 
     def _agent_times(self, lane: Lane, trial: Trial) -> None:

@@ -5,7 +5,7 @@ The agents are ``sidecar.runtime.Agent`` objects, as tasks in this process: each
 endpoints on 127.0.0.1:0. Each has one file check (its marker file) with the default timing
 (period 2 s, timeout 1 s) and ``GATE_EVENT_DRIVEN=false``: inotify instances are limited per
 *user* (``fs.inotify.max_user_instances``, 128 by default), which one process holding hundreds of
-agents would exhaust (an agent then falls back to its 1 s stat poll, which works, but the periodic
+agents would exhaust (an agent then falls back to a 1 s stat poll, which works, but the periodic
 probe is deterministic). All agents share this process's event loop, unlike real sidecars, so its
 lag is reported: when the machine is saturated, late probes time out, and a timed-out probe
 changes the condition's message (an extra write without a transition) or, with the failure

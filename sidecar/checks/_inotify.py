@@ -5,11 +5,15 @@ and its descriptor is read by the running event loop (``loop.add_reader``). The 
 DIRECTORY containing the path, so that creation, deletion and rename of the file itself are seen;
 events for other names in that directory are ignored.
 
-Inotify is only a hint: its queue can overflow and network volumes send no events at all. The
-source of truth is :class:`PathWakeups`' stat poll, every ``interval`` seconds, of
-``(st_dev, st_ino, st_size, st_mtime_ns, existence)``. When inotify is unavailable (``ENOSYS``,
-``EMFILE``, the per-user watch limit) or the directory does not exist yet, the iterator polls only
-and retries adding the watch on each later poll.
+Inotify is only a hint: network volumes send no events at all, and a path reached through a
+symbolic link that is re-pointed (a ConfigMap volume) changes without an event for its name. The
+safety net is the prober's own periodic probe, which runs whatever the wake-ups do, so a change
+inotify misses is seen within one period, as with a kubelet probe. (A queue overflow wakes.)
+
+While there is no watch — inotify unavailable (``ENOSYS``, ``EMFILE``, the per-user watch limit)
+or the directory does not exist yet — :class:`PathWakeups` stat-polls the path every ``interval``
+seconds instead, comparing ``(st_dev, st_ino, st_size, st_mtime_ns, existence)``, and retries
+adding the watch on each poll. With a watch it does not poll: at rest it costs nothing.
 """
 
 from __future__ import annotations
@@ -272,10 +276,12 @@ class PathWakeups:
     """An async iterator that yields whenever ``path`` may have changed.
 
     It yields on relevant inotify events (coalesced: a burst between two ``__anext__`` calls is one
-    yield, and event-driven yields are at least :data:`MIN_GAP` apart) and when a stat poll every
-    ``interval`` seconds sees a different identity, size, mtime or existence. It does not yield at
-    start (the prober's first probe covers the state at start). The stat (and adding the watch)
-    run in a worker thread so that a hung network volume never blocks the event loop.
+    yield, and event-driven yields are at least :data:`MIN_GAP` apart) and, while no watch is
+    active, when a stat poll every ``interval`` seconds sees a different identity, size, mtime or
+    existence. It does not yield at start (the prober's first probe covers the state at start).
+    The stat (and adding the watch) run in a worker thread so that a hung network volume never
+    blocks the event loop. Every way of losing the watch (directory deleted or moved, descriptor
+    broken) is itself an event, so polling resumes after the yield it causes.
 
     Like an async generator, it is finished by :meth:`aclose` or by a cancellation of the task
     waiting in ``__anext__``; either releases the inotify descriptor and the loop reader.
@@ -314,6 +320,7 @@ class PathWakeups:
     def close(self) -> None:
         self._closed = True
         self._watch.close()
+        self._event.set()  # a waiting __anext__ ends instead of waiting for an event forever
 
     def _poll(self, add_watch: bool) -> tuple[int | None, StatKey]:
         """In a worker thread: retry the watch if needed, then stat the path."""
@@ -335,7 +342,9 @@ class PathWakeups:
             self._last = await self._poll_now()
         deadline = loop.time() + self._interval
         while True:
-            if not self._event.is_set():
+            if self._watch.active:
+                await self._event.wait()
+            elif not self._event.is_set():
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout_at(deadline):
                         await self._event.wait()
@@ -364,7 +373,7 @@ class PathWakeups:
 class FileWakeups:
     """The wake-ups of one log or file check: every iterator it handed out, closed together."""
 
-    #: The stat poll never runs less often than this, whatever the check's period.
+    #: Without inotify, the stat poll never runs less often than this, whatever the check's period.
     MAX_POLL_INTERVAL = 1.0
 
     def __init__(self, path: Path, period: float) -> None:

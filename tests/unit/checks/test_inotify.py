@@ -1,4 +1,4 @@
-"""The inotify binding and PathWakeups: events are a fast hint, stat polling is the truth."""
+"""The inotify binding and PathWakeups: events while a watch exists, stat polling while not."""
 
 from __future__ import annotations
 
@@ -41,6 +41,19 @@ async def no_wakeup(wakeups: AsyncIterator[None], during: float) -> bool:
     except TimeoutError:
         return True
     return False
+
+
+def count_polls(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Record every path PathWakeups stats from now on."""
+    polls: list[Path] = []
+    real = _inotify.stat_key
+
+    def counting(path: Path) -> _inotify.StatKey:
+        polls.append(path)
+        return real(path)
+
+    monkeypatch.setattr(_inotify, "stat_key", counting)
+    return polls
 
 
 async def started(wakeups: PathWakeups, *, watching: bool = True) -> asyncio.Task[None]:
@@ -239,14 +252,50 @@ async def test_polling_takes_over_when_the_watch_limit_is_reached(
         await wakeups.aclose()
 
 
-async def test_polling_wakes_only_on_change(tmp_path: Path) -> None:
+async def test_polling_wakes_only_on_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unavailable() -> int:
+        raise OSError(errno.ENOSYS, "inotify is not available")
+
+    monkeypatch.setattr(_inotify, "inotify_init", unavailable)
+    polls = count_polls(monkeypatch)
     path = tmp_path / "app.log"
     path.write_text("x\n")
     wakeups = PathWakeups(path, 0.05)
     try:
-        assert await no_wakeup(wakeups, 0.5)  # ten polls, nothing changed
+        assert await no_wakeup(wakeups, 0.5)
     finally:
         await wakeups.aclose()
+    assert len(polls) >= 5  # it did poll, and nothing changed
+
+
+async def test_with_a_watch_the_path_is_never_polled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    polls = count_polls(monkeypatch)
+    path = tmp_path / "app.log"
+    path.write_text("x\n")
+    wakeups = PathWakeups(path, 0.02)
+    try:
+        task = await started(wakeups)
+        await asyncio.sleep(0.5)  # 25 poll intervals
+        assert polls == [path]  # only the stat at start
+        path.write_text("xy\n")
+        await asyncio.wait_for(task, 5)
+        assert polls == [path, path]  # and one per wake-up, to remember what it saw
+    finally:
+        await wakeups.aclose()
+
+
+async def test_aclose_from_another_task_ends_an_iteration_waiting_for_events(
+    tmp_path: Path,
+) -> None:
+    wakeups = PathWakeups(tmp_path / "app.log", SLOW)
+    task = await started(wakeups)
+    await wakeups.aclose()
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(task, 5)
 
 
 async def test_a_directory_created_later_is_watched_on_a_later_poll(tmp_path: Path) -> None:

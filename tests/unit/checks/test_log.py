@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import random
 import re
 import shutil
 import threading
@@ -19,7 +20,18 @@ from sidecar.checks import _follow, _inotify
 from sidecar.checks._follow import FollowBatch, LogFollower
 from sidecar.checks.log import LogCheck, MatchKind
 from sidecar.clock import SystemClock
-from sidecar.model import CheckKind, CheckSpec, LogParams, LogStart, TcpParams, Timing
+from sidecar.metrics import Metrics
+from sidecar.model import (
+    CheckKind,
+    CheckSpec,
+    GateMode,
+    LogParams,
+    LogStart,
+    TcpParams,
+    Timing,
+)
+from sidecar.prober import Worker
+from sidecar.results import CheckState, Results
 
 READY = "Server startup in"
 
@@ -558,4 +570,31 @@ async def test_without_inotify_the_stat_poll_still_wakes_the_prober(
         await asyncio.wait_for(task, 5)
         assert (await check.probe()).ok
     finally:
+        await check.aclose()
+
+
+async def test_a_change_inotify_never_reports_is_seen_by_the_next_periodic_probe(
+    log: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A network volume: the watch is added, but no event ever arrives.
+    monkeypatch.setattr(_inotify.DirectoryWatch, "_parse", lambda self, data: False)
+    append(log, "starting\n")
+    spec = spec_for(log, period=0.3)
+    check = LogCheck(spec, SystemClock())
+    results = Results([spec], GateMode.ALL)
+    worker = Worker(check, results, clock=SystemClock(), rng=random.Random(1), metrics=Metrics())
+    task = asyncio.create_task(worker.run())
+    try:
+        await asyncio.sleep(0.4)  # past the jittered second probe: one probe per period now
+        assert worker.last_probe_at is not None
+        begun = time.monotonic()
+        append(log, "Server startup in 1 ms\n")
+        while results.checks["APP"].state is not CheckState.READY:
+            assert time.monotonic() - begun < 2.0, "the periodic probe did not see the line"
+            await asyncio.sleep(0.01)
+        assert time.monotonic() - begun <= 0.3 + 0.2  # one period, plus scheduling slack
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
         await check.aclose()
