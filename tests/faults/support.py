@@ -39,6 +39,26 @@ BACKOFF_CAP = 16.0
 HEALTHZ_BOUND = 0.1
 
 
+# --- the agent --------------------------------------------------------------------------------
+
+
+def start_file_agent(
+    make_pod: Callable[..., PodRef],
+    start_agent: Callable[..., AgentProcess],
+    marker: Path,
+    *,
+    api_port: int,
+    **env: str,
+) -> tuple[PodRef, AgentProcess]:
+    """A new Pod and its agent with one file check on ``marker``, on :data:`FAST` timing (``env``
+    overrides it), talking to the API server through ``api_port`` (a fault proxy)."""
+    pod = make_pod()
+    agent = start_agent(
+        pod, api_port=api_port, CHECK_APP_KIND="file", CHECK_APP_PATH=str(marker), **(FAST | env)
+    )
+    return pod, agent
+
+
 # --- the gate on the real Pod ----------------------------------------------------------------
 
 

@@ -19,10 +19,10 @@ import pytest
 
 from tests.faults.proxy import FaultProxy, Seen
 from tests.faults.support import (
-    FAST,
     Record,
     api_events,
     finish,
+    start_file_agent,
     wait_gate,
 )
 from tests.harness.agent import AgentProcess
@@ -48,18 +48,9 @@ def _start(
     start_agent: Callable[..., AgentProcess],
     proxy: FaultProxy,
     marker: Path,
-    **env: str,
 ) -> tuple[PodRef, AgentProcess]:
-    pod = make_pod()
-    agent = start_agent(
-        pod,
-        api_port=proxy.port,
-        CHECK_APP_KIND="file",
-        CHECK_APP_PATH=str(marker),
-        GATE_EVENTS="false",  # only the condition writes go through the proxy's PATCH path
-        **(FAST | env),
-    )
-    return pod, agent
+    # GATE_EVENTS=false: only the condition writes go through the proxy's PATCH path.
+    return start_file_agent(make_pod, start_agent, marker, api_port=proxy.port, GATE_EVENTS="false")
 
 
 def test_429_retry_after_is_honoured_and_the_latest_state_is_written(

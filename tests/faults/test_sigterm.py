@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.faults.proxy import FaultProxy
-from tests.faults.support import FAST, Record, finish, gate_condition, wait_gate
+from tests.faults.support import Record, finish, gate_condition, start_file_agent, wait_gate
 from tests.harness.agent import AgentProcess
 from tests.harness.kube import KubeClient, wait_for
 from tests.harness.workloads import PodRef
@@ -29,10 +29,7 @@ def _agent_through_proxy(
     **env: str,
 ) -> tuple[PodRef, AgentProcess]:
     marker.touch()
-    pod = make_pod()
-    agent = start_agent(
-        pod, api_port=proxy.port, CHECK_APP_KIND="file", CHECK_APP_PATH=str(marker), **FAST, **env
-    )
+    pod, agent = start_file_agent(make_pod, start_agent, marker, api_port=proxy.port, **env)
     wait_gate(admin, pod, "True", agent)
     return pod, agent
 

@@ -7,7 +7,6 @@ import os
 import re
 import threading
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -16,23 +15,16 @@ from sidecar.checks import file as file_check
 from sidecar.checks.file import CONTENT_LIMIT, FileCheck
 from sidecar.clock import SystemClock
 from sidecar.model import CheckKind, CheckSpec, FileParams, FileState, LogParams, Timing
-
-
-class FakeClock:
-    """Wall and monotonic time that only move when the test says so."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def time(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += seconds
-        await asyncio.sleep(0)
+from tests.unit.checks.files import (
+    ManualClock,
+    chmod,
+    mtime,
+    open_fds,
+    symlink,
+    touch,
+    wait_for_wakeup,
+    write,
+)
 
 
 def spec_for(
@@ -58,7 +50,7 @@ def spec_for(
 
 
 async def verdict(
-    spec: CheckSpec, clock: FakeClock | SystemClock | None = None
+    spec: CheckSpec, clock: ManualClock | SystemClock | None = None
 ) -> tuple[bool, str]:
     check = FileCheck(spec, clock or SystemClock())
     try:
@@ -67,48 +59,6 @@ async def verdict(
         await check.aclose()
     assert len(result.detail) <= 200
     return result.ok, result.detail
-
-
-async def wait_for_wakeup(wakeups: AsyncIterator[None]) -> None:
-    await anext(wakeups)
-
-
-# Synchronous file operations, so that async tests stay free of blocking calls in their own body.
-
-
-def write(path: Path, data: str | bytes) -> None:
-    if isinstance(data, str):
-        path.write_text(data)
-    else:
-        path.write_bytes(data)
-
-
-def touch(path: Path) -> None:
-    path.touch()
-
-
-def unlink(path: Path) -> None:
-    path.unlink()
-
-
-def rename(path: Path, target: Path) -> None:
-    path.rename(target)
-
-
-def chmod(path: Path, mode: int) -> None:
-    path.chmod(mode)
-
-
-def open_fds() -> int:
-    return sum(1 for _ in Path("/proc/self/fd").iterdir())
-
-
-def symlink(path: Path, target: Path) -> None:
-    path.symlink_to(target)
-
-
-def mtime(path: Path) -> float:
-    return path.stat().st_mtime
 
 
 @pytest.fixture
@@ -206,22 +156,22 @@ async def test_max_age_fails_once_the_file_is_older(marker: Path) -> None:
     mtime = 1_700_000_000.0
     os.utime(marker, (mtime, mtime))
     spec = spec_for(marker, max_age=10)
-    assert await verdict(spec, FakeClock(mtime + 10)) == (True, f"{marker} exists")
-    assert await verdict(spec, FakeClock(mtime + 10.5)) == (False, f"{marker} older than 10s")
+    assert await verdict(spec, ManualClock(mtime + 10)) == (True, f"{marker} exists")
+    assert await verdict(spec, ManualClock(mtime + 10.5)) == (False, f"{marker} older than 10s")
 
 
 async def test_a_future_mtime_counts_as_fresh(marker: Path) -> None:
     touch(marker)
     os.utime(marker, (2e9, 2e9))
-    assert (await verdict(spec_for(marker, max_age=1), FakeClock(1.7e9)))[0]
+    assert (await verdict(spec_for(marker, max_age=1), ManualClock(1.7e9)))[0]
 
 
 async def test_max_age_and_contains_both_apply(marker: Path) -> None:
     write(marker, "ok")
     modified = mtime(marker)
     spec = spec_for(marker, contains="ok", max_age=2.5)
-    assert await verdict(spec, FakeClock(modified + 1)) == (True, f'{marker} matches "ok"')
-    assert await verdict(spec, FakeClock(modified + 3)) == (False, f"{marker} older than 2.5s")
+    assert await verdict(spec, ManualClock(modified + 1)) == (True, f'{marker} matches "ok"')
+    assert await verdict(spec, ManualClock(modified + 3)) == (False, f"{marker} older than 2.5s")
 
 
 def test_the_check_needs_file_params(marker: Path) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from sidecar.checks import _follow
 from sidecar.checks._follow import FollowBatch, LinePattern, LogFollower, describe_read_error
+from tests.unit.checks.files import append, open_fds
 
 RESET = "<reset>"
 
@@ -32,16 +33,6 @@ def events(follower: LogFollower) -> list[str]:
             out.append(RESET)
         out.extend(batch.lines)
     return out
-
-
-def append(path: Path, text: str | bytes) -> None:
-    data = text.encode() if isinstance(text, str) else text
-    with path.open("ab") as f:
-        f.write(data)
-
-
-def open_fds() -> int:
-    return sum(1 for _ in Path("/proc/self/fd").iterdir())
 
 
 @pytest.fixture

@@ -15,16 +15,9 @@ import pytest
 
 from sidecar.checks import _inotify
 from sidecar.checks._inotify import DirectoryWatch, PathWakeups, stat_key
+from tests.unit.checks.files import open_fds, wait_for_wakeup
 
 SLOW = 30.0  # a poll interval long enough that only inotify can explain a quick wake-up
-
-
-def open_fds() -> int:
-    return sum(1 for _ in Path("/proc/self/fd").iterdir())
-
-
-async def wait_for_wakeup(wakeups: AsyncIterator[None]) -> None:
-    await anext(wakeups)
 
 
 async def next_wakeup(wakeups: AsyncIterator[None], within: float) -> float:
@@ -216,13 +209,8 @@ async def test_a_burst_of_writes_is_one_pending_wakeup(tmp_path: Path) -> None:
         await wakeups.aclose()
 
 
-async def test_polling_alone_notices_changes_when_inotify_is_unavailable(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def unavailable() -> int:
-        raise OSError(errno.ENOSYS, "inotify is not available")
-
-    monkeypatch.setattr(_inotify, "inotify_init", unavailable)
+@pytest.mark.usefixtures("no_inotify")
+async def test_polling_alone_notices_changes_when_inotify_is_unavailable(tmp_path: Path) -> None:
     path = tmp_path / "app.log"
     path.write_text("x\n")
     wakeups = PathWakeups(path, 0.1)
@@ -252,13 +240,10 @@ async def test_polling_takes_over_when_the_watch_limit_is_reached(
         await wakeups.aclose()
 
 
+@pytest.mark.usefixtures("no_inotify")
 async def test_polling_wakes_only_on_change(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def unavailable() -> int:
-        raise OSError(errno.ENOSYS, "inotify is not available")
-
-    monkeypatch.setattr(_inotify, "inotify_init", unavailable)
     polls = count_polls(monkeypatch)
     path = tmp_path / "app.log"
     path.write_text("x\n")

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import os
 import random
 import re
 import shutil
 import threading
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -32,25 +30,17 @@ from sidecar.model import (
 )
 from sidecar.prober import Worker
 from sidecar.results import CheckState, Results
+from tests.unit.checks.files import (
+    ManualClock,
+    append,
+    open_fds,
+    rename,
+    unlink,
+    wait_for_wakeup,
+    write,
+)
 
 READY = "Server startup in"
-
-
-class FakeClock:
-    """Wall and monotonic time that only move when the test says so."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def time(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
 def spec_for(
@@ -75,49 +65,6 @@ def spec_for(
             start=start,
         ),
     )
-
-
-def append(path: Path, text: str) -> None:
-    with path.open("a") as f:
-        f.write(text)
-
-
-def open_fds() -> int:
-    return sum(1 for _ in Path("/proc/self/fd").iterdir())
-
-
-async def wait_for_wakeup(wakeups: AsyncIterator[None]) -> None:
-    await anext(wakeups)
-
-
-# Synchronous file operations, so that async tests stay free of blocking calls in their own body.
-
-
-def write(path: Path, data: str | bytes) -> None:
-    if isinstance(data, str):
-        path.write_text(data)
-    else:
-        path.write_bytes(data)
-
-
-def touch(path: Path) -> None:
-    path.touch()
-
-
-def unlink(path: Path) -> None:
-    path.unlink()
-
-
-def rename(path: Path, target: Path) -> None:
-    path.rename(target)
-
-
-def chmod(path: Path, mode: int) -> None:
-    path.chmod(mode)
-
-
-def mtime(path: Path) -> float:
-    return path.stat().st_mtime
 
 
 @pytest.fixture
@@ -373,7 +320,7 @@ async def test_a_big_backlog_is_drained_in_one_probe(
 
 
 async def test_max_age_expires_a_ready_match_and_a_new_heartbeat_renews_it(log: Path) -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     check = LogCheck(spec_for(log, "alive", max_age=30), clock)
     try:
         append(log, "alive\n")
@@ -394,7 +341,7 @@ async def test_max_age_expires_a_ready_match_and_a_new_heartbeat_renews_it(log: 
 
 
 async def test_max_age_does_not_apply_to_a_fail_match(log: Path) -> None:
-    clock = FakeClock()
+    clock = ManualClock()
     check = LogCheck(spec_for(log, "alive", fail="dead", max_age=1.5), clock)
     try:
         append(log, "alive\ndead\n")
@@ -553,13 +500,8 @@ async def test_aclose_during_a_hung_read_returns_and_the_file_is_released_later(
         await asyncio.sleep(0.02)
 
 
-async def test_without_inotify_the_stat_poll_still_wakes_the_prober(
-    log: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def unavailable() -> int:
-        raise OSError(errno.EMFILE, "Too many open files")
-
-    monkeypatch.setattr(_inotify, "inotify_init", unavailable)
+@pytest.mark.usefixtures("no_inotify")
+async def test_without_inotify_the_stat_poll_still_wakes_the_prober(log: Path) -> None:
     append(log, "starting\n")
     check = LogCheck(spec_for(log, period=0.2), SystemClock())  # polls every 0.2 s
     wakeups = check.wakeups()

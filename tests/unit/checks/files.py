@@ -1,0 +1,73 @@
+"""Helpers shared by the tests of the file-based checks (log, file, follower, inotify).
+
+The file operations are synchronous functions, so that async tests stay free of blocking calls in
+their own body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+
+class ManualClock:
+    """Wall and monotonic time that only move when the test says so (``sleep`` moves them)."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+def open_fds() -> int:
+    return sum(1 for _ in Path("/proc/self/fd").iterdir())
+
+
+async def wait_for_wakeup(wakeups: AsyncIterator[None]) -> None:
+    await anext(wakeups)
+
+
+def append(path: Path, text: str | bytes) -> None:
+    data = text.encode() if isinstance(text, str) else text
+    with path.open("ab") as f:
+        f.write(data)
+
+
+def write(path: Path, data: str | bytes) -> None:
+    if isinstance(data, str):
+        path.write_text(data)
+    else:
+        path.write_bytes(data)
+
+
+def touch(path: Path) -> None:
+    path.touch()
+
+
+def unlink(path: Path) -> None:
+    path.unlink()
+
+
+def rename(path: Path, target: Path) -> None:
+    path.rename(target)
+
+
+def chmod(path: Path, mode: int) -> None:
+    path.chmod(mode)
+
+
+def symlink(path: Path, target: Path) -> None:
+    path.symlink_to(target)
+
+
+def mtime(path: Path) -> float:
+    return path.stat().st_mtime
