@@ -191,13 +191,6 @@ class TcpApp:
         await self.make_unready(restart=False)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 # --- the shell-loop baseline --------------------------------------------------------------------
 
 

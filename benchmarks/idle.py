@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from benchmarks.apps import FileApp, LogApp, ShellLoop, TcpApp, free_port, shell_loop_script
+from benchmarks.apps import FileApp, LogApp, ShellLoop, TcpApp, shell_loop_script
 from benchmarks.cluster import GATE_KEY, Observer, create_pods, set_gate, token_dirs
 from benchmarks.common import (
     JSON,
@@ -53,6 +53,7 @@ from benchmarks.common import (
 )
 from tests.harness.agent import AgentProcess, agent_env
 from tests.harness.cluster import ControlPlane
+from tests.harness.legacy_app import free_port
 from tests.harness.workloads import GATE, PodRef
 
 FLOOR_BARE = "import os; os.read(0, 1)"

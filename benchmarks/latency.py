@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from benchmarks.apps import KINDS, App, FileApp, LogApp, ShellLoop, TcpApp, free_port
+from benchmarks.apps import KINDS, App, FileApp, LogApp, ShellLoop, TcpApp
 from benchmarks.apps import shell_loop_script as make_script
 from benchmarks.cluster import (
     ENDPOINT_KEY,
@@ -64,6 +64,7 @@ from benchmarks.cluster import (
 from benchmarks.common import JSON, ProcWatcher, parse_time, summary
 from tests.harness.agent import AgentProcess, agent_env
 from tests.harness.cluster import ControlPlane
+from tests.harness.legacy_app import free_port
 from tests.harness.workloads import GATE, PodRef
 
 #: What a trigger of an event-driven check is spread over (its period does not matter to it).

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -14,6 +13,7 @@ import pytest
 from tests.harness.agent import AgentProcess
 from tests.harness.cluster import ControlPlane
 from tests.harness.kube import JSON, KubeClient, condition, condition_status, wait_for
+from tests.harness.legacy_app import free_port
 from tests.harness.workloads import GATE, PodRef, wait_gate, wait_ready
 
 FAST = {"GATE_PERIOD_SECONDS": "0.5", "GATE_TIMEOUT_SECONDS": "0.4", "GATE_FAILURE_THRESHOLD": "1"}
@@ -21,13 +21,6 @@ FAST = {"GATE_PERIOD_SECONDS": "0.5", "GATE_TIMEOUT_SECONDS": "0.4", "GATE_FAILU
 
 def _pod(admin: KubeClient, pod: PodRef) -> JSON:
     return admin.pod(pod.namespace, pod.name)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -55,7 +48,7 @@ def test_tcp_check_follows_a_banner_server_that_opens_and_closes_its_port(
     start_agent: Callable[..., AgentProcess],
     legacy_server: Callable[..., subprocess.Popen[bytes]],
 ) -> None:
-    port = _free_port()
+    port = free_port()
     pod = make_pod()
     app = legacy_server("--port", str(port), "--banner", "220 legacy ESMTP", "--ready-after", "1")
     agent = start_agent(
@@ -128,7 +121,7 @@ def test_http_and_exec_checks_feed_two_gates_of_one_pod(
     web_root = tmp_path / "www"
     web_root.mkdir()
     (web_root / "health").write_text("status: UP\n")
-    port = _free_port()
+    port = free_port()
     http = subprocess.Popen(
         [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
          "--directory", str(web_root)],

@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import socketserver
 import threading
 import time
@@ -32,6 +31,7 @@ from sidecar.config import load_settings
 from tests.harness.agent import AgentProcess
 from tests.harness.cluster import NODE_NAME, ControlPlane
 from tests.harness.kube import JSON, KubeClient, condition_status, wait_for
+from tests.harness.legacy_app import free_port
 from tests.harness.manifests import (
     SIDECAR_CONTAINER,
     Example,
@@ -76,13 +76,6 @@ StartAgent = Callable[..., AgentProcess]
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _pod(admin: KubeClient, ref: PodRef) -> JSON:
@@ -481,7 +474,7 @@ def test_tcp_banner_redis_gate_waits_for_pong_not_for_the_open_port(
     _, spec = example.only_workload()
     gate = "example.com/redis-ready"
     assert {"name": "redis", "containerPort": 6379} in container_of(spec, "redis")["ports"]
-    port = _free_port()
+    port = free_port()
     sidecar = LocalSidecar(spec, pod, tmp_path, ports={6379: port})
     ref = sidecar.ref
     agent = start_agent(ref, **sidecar.env())
@@ -584,7 +577,7 @@ def test_multi_gate_each_gate_has_its_own_check_and_ready_needs_both(
     starting, up = '{"status": "STARTING"}', '{"status": "UP"}'
     for body in (starting, up):
         assert body in _args(spec, "web")
-    port = _free_port()
+    port = free_port()
     page = StatusPage(port, starting + "\n")
     closing.append(page)
     sidecar = LocalSidecar(spec, pod, tmp_path, ports={8080: port})

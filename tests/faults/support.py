@@ -212,13 +212,6 @@ def children(pid: int) -> list[int]:
     return [int(child) for child in text.split()]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def accepted_connections(sock: socket.socket) -> int:
     """How many connections are waiting in ``sock``'s accept queue (accepting them)."""
     count = 0

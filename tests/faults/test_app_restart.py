@@ -26,9 +26,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.support import FAST, ROOT, Record, finish, free_port, gate_condition, wait_gate
+from tests.faults.support import FAST, ROOT, Record, finish, gate_condition, wait_gate
 from tests.harness.agent import AgentProcess
 from tests.harness.kube import KubeClient, wait_for
+from tests.harness.legacy_app import free_port
 from tests.harness.workloads import PodRef
 
 LOG_GATE = "example.com/log-ready"

@@ -15,8 +15,17 @@ import argparse
 import asyncio
 import contextlib
 import signal
+import socket
 import time
 from pathlib import Path
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now, for a legacy app to open."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 class App:
