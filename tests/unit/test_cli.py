@@ -130,6 +130,30 @@ def test_check_reports_a_probe_that_times_out_as_failed(
     assert "FAIL  exec SLOW: timed out after 0.2s" in capsys.readouterr().out.splitlines()
 
 
+def test_check_waits_for_a_log_check_still_reading_a_big_log(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sidecar.checks import _follow  # noqa: PLC0415
+
+    monkeypatch.setattr(_follow, "BATCH_LIMIT", 4096)  # many batches: longer than the timeout
+    log = tmp_path / "app.log"
+    log.write_text("noise line\n" * 1_000_000 + "Server startup in 5 ms\n")
+    env = {
+        "CHECK_APP_KIND": "log",
+        "CHECK_APP_PATH": str(log),
+        "CHECK_APP_PATTERN": "Server startup",
+        "CHECK_APP_TIMEOUT_SECONDS": "0.5",
+        "CHECK_APP_PERIOD_SECONDS": "1",
+    }
+    started = time.monotonic()
+
+    assert main(["check"], env=env) == EXIT_OK
+
+    assert time.monotonic() - started > 0.5  # more than one probe's timeout: it waited
+
+    assert f'PASS  log APP: pattern "Server startup" seen in {log}' in capsys.readouterr().out
+
+
 # --- configuration errors and --version ----------------------------------------------------------
 
 
