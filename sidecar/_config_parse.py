@@ -7,11 +7,12 @@ Invisible characters (a CRLF env file, a YAML copy-paste, a web page's no-break 
 
 - words, numbers, booleans, choices, addresses and condition types ignore the whitespace around
   them (``token``);
-- free text — paths, regular expressions, URLs, ``SEND`` — must not begin or end with whitespace
-  and must not contain an invisible character anywhere (``visible``): a control character
-  (``\\r``, ``\\n``, ``\\t``, NUL...), a format character (zero-width space, byte-order mark,
-  direction marks), a line or paragraph separator, or a space other than U+0020. The error names
-  the character; a regular expression or ``SEND`` can say it on purpose with an escape;
+- free text — paths, regular expressions, URLs, ``SEND`` — must not contain an invisible character
+  anywhere (``visible``): a control character (``\\r``, ``\\n``, ``\\t``, NUL...), a format
+  character (zero-width space, byte-order mark, direction marks), a line or paragraph separator,
+  or a space other than U+0020. A path or URL must not begin or end with a plain space either; a
+  regular expression or ``SEND`` may (``^220 ``). The error names the character; a regular
+  expression or ``SEND`` can say it on purpose with an escape;
 - a command is split like a shell does: spaces, tabs and line ends separate words, other
   invisible characters are refused.
 """
@@ -102,18 +103,18 @@ def describe_character(char: str) -> str:
     return f"{name} ({repr(char)[1:-1]}, U+{ord(char):04X})"
 
 
-def visible(raw: str, expected: str, escape: str | None = None) -> str:
-    """``raw`` if it has no invisible character and no whitespace at either end.
+def visible(raw: str, expected: str, escape: str | None = None, *, spaces: bool = False) -> str:
+    """``raw`` if it has no invisible character (and, unless ``spaces``, no whitespace at either
+    end: a plain space is visible in a pattern such as ``^220 ``, not at the end of a path).
 
     Else ``ParseError(expected, ...)`` naming the character and where it is; ``escape``: how the
-    value can say such a character on purpose (regular expressions, ``SEND``); with it, a last
-    space escaped with a backslash (a regular expression's ``\\ ``) is meant.
+    value can say such a character on purpose (regular expressions, ``SEND``).
     """
     for index, char in enumerate(raw):
         edge = index in (0, len(raw) - 1)
-        if not is_invisible(char) and not (edge and char.isspace()):
+        if char == " " and spaces:
             continue
-        if escape and char == " " and index > 0 and _escaped(raw, index):
+        if not is_invisible(char) and not (edge and char.isspace()):
             continue
         where = "ends with" if index == len(raw) - 1 else "begins with" if index == 0 else ""
         found = (
@@ -205,12 +206,6 @@ def choice(options: type[E]) -> Callable[[str], E]:
     return parse
 
 
-def _escaped(raw: str, index: int) -> bool:
-    """Whether ``raw[index]`` follows an odd number of backslashes."""
-    backslashes = len(raw[:index]) - len(raw[:index].rstrip("\\"))
-    return backslashes % 2 == 1
-
-
 def absolute_path(raw: str) -> Path:
     expected = "an absolute path"
     visible(raw, expected)
@@ -226,12 +221,12 @@ _REGEX_ESCAPES = r"an escape (\r, \t, \x20, \s, \uFEFF ...)"
 
 
 def regex(raw: str) -> re.Pattern[str]:
-    return _compile(visible(raw, _REGEX, _REGEX_ESCAPES))
+    return _compile(visible(raw, _REGEX, _REGEX_ESCAPES, spaces=True))
 
 
 def bytes_regex(raw: str) -> re.Pattern[bytes]:
     """A pattern for replies: the text is encoded as UTF-8 before it is compiled."""
-    return _compile(_encode(visible(raw, _REGEX, _REGEX_ESCAPES), _REGEX))
+    return _compile(_encode(visible(raw, _REGEX, _REGEX_ESCAPES, spaces=True), _REGEX))
 
 
 def _compile(pattern: AnyStr) -> re.Pattern[AnyStr]:
@@ -259,7 +254,7 @@ _SEND = r"text with backslash escapes (\r \n \t \0 \xHH \\)"
 
 def escaped_bytes(raw: str) -> bytes:
     r"""``raw`` as bytes, with the escapes ``\r \n \t \0 \xHH \\`` replaced."""
-    visible(raw, _SEND, r"an escape (\r \n \t \0 \xHH; \x20 for a space)")
+    visible(raw, _SEND, r"an escape (\r \n \t \0 \xHH)", spaces=True)
     out = bytearray()
     end = 0
     for match in _ESCAPE.finditer(raw):
@@ -286,13 +281,8 @@ def _unescape(match: re.Match[str]) -> bytes:
 
 
 def escape_bytes(data: bytes) -> str:
-    """The inverse of ``escaped_bytes``: printable ASCII as is, everything else escaped (and a
-    space at either end, which ``escaped_bytes`` would refuse as invisible)."""
-    out = [_SHOWN.get(b) or (chr(b) if 0x20 <= b < 0x7F else f"\\x{b:02x}") for b in data]
-    for edge in {0, len(out) - 1} if out else ():
-        if out[edge] == " ":
-            out[edge] = "\\x20"
-    return "".join(out)
+    """The inverse of ``escaped_bytes``: printable ASCII as is, everything else escaped."""
+    return "".join(_SHOWN.get(b) or (chr(b) if 0x20 <= b < 0x7F else f"\\x{b:02x}") for b in data)
 
 
 # --- addresses, URLs, commands, condition types ------------------------------------------------

@@ -973,18 +973,34 @@ def test_an_invisible_character_in_free_text_is_a_problem_that_shows_it(
     assert "\u200b" not in problem
 
 
-@pytest.mark.parametrize(
-    ("name", "base", "value"),
-    [f for f in FREE_TEXT if f[0] != "CHECK_APP_COMMAND"],
-    ids=[n for n, *_ in FREE_TEXT if n != "CHECK_APP_COMMAND"],
-)
-def test_whitespace_around_free_text_is_a_problem(
+PATHS = [f for f in FREE_TEXT if f[0].endswith(("_PATH", "_URL", "_ADDRESS", "_DIR"))]
+PATTERNS = [f for f in FREE_TEXT if f[0].endswith(("PATTERN", "_CONTAINS", "_BODY", "_EXPECT"))]
+
+
+@pytest.mark.parametrize(("name", "base", "value"), PATHS, ids=[n for n, *_ in PATHS])
+def test_whitespace_around_a_path_or_url_is_a_problem(
     name: str, base: dict[str, str], value: str
 ) -> None:
     [trailing] = problems({**base, name: value + " "})
     assert "ends with a space (U+0020)" in trailing
     [leading] = problems({**base, name: "\t" + value})
     assert "begins with a tab (\\t, U+0009)" in leading
+
+
+@pytest.mark.parametrize(("name", "base", "value"), PATTERNS, ids=[n for n, *_ in PATTERNS])
+def test_a_pattern_may_begin_or_end_with_a_plain_space_but_not_a_tab(
+    name: str, base: dict[str, str], value: str
+) -> None:
+    load({**base, name: f" {value} "})  # e.g. a banner: "^220 "
+    [problem] = problems({**base, name: value + "\t"})
+    assert "ends with a tab (\\t, U+0009)" in problem
+
+
+def test_a_banner_pattern_and_bytes_to_send_keep_their_spaces() -> None:
+    check = only_check({**TCP, "CHECK_APP_EXPECT": "^220 ", "CHECK_APP_SEND": "HELO "})
+    assert check.params == TcpParams(
+        host="db", port=5432, send=b"HELO ", expect=re.compile(b"^220 ")
+    )
 
 
 def test_the_lock_file_of_the_issue_is_refused_instead_of_passing_for_absent() -> None:
