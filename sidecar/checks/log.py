@@ -160,7 +160,9 @@ class LogCheck:
             found = await self._scan(batch.text) if batch.text else None
             self._apply(batch, found)
             self._batches += 1
-            if not batch.more or self._closed:
+            more = batch.more
+            del batch  # a big batch's text must not stay alive during the next read
+            if not more or self._closed:
                 return
             await asyncio.sleep(0)
 
