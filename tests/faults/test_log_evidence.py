@@ -85,10 +85,11 @@ def test_an_agent_restart_on_a_big_log_keeps_the_gate_true_while_it_reads(
 
         def ready() -> bool:
             healthz.append(healthz_latency(agent))
-            return check_states(agent, "APP") == ["ready"]
+            return check_states(agent, "APP")[-1:] == ["ready"]
 
         wait_for("the check ready after the scan", ready, timeout=120, interval=0.05)
         scanned = time.monotonic() - started
+        assert check_states(agent, "APP") == ["ready"], agent.describe()  # never not_ready
         inconclusive = metric(agent, "readiness_gate_check_results_total", result="inconclusive")
         failures = metric(agent, "readiness_gate_check_results_total", result="failure")
         record("log_size_mib", size / MiB, "MiB")
