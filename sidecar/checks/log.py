@@ -160,9 +160,7 @@ class LogCheck:
             found = await self._scan(batch.text) if batch.text else None
             self._apply(batch, found)
             self._batches += 1
-            more = batch.more
-            del batch  # a big batch's text must not stay alive during the next read
-            if not more or self._closed:
+            if not batch.more or self._closed:
                 return
             await asyncio.sleep(0)
 
