@@ -302,6 +302,26 @@ async def test_rename_and_compress_seen_only_by_polling_keeps_the_state(log: Pat
         await check.aclose()
 
 
+async def test_a_re_pointed_link_is_followed_to_its_new_file_from_its_start(
+    tmp_path: Path,
+) -> None:
+    first, second = tmp_path / "a" / "catalina.out", tmp_path / "b" / "catalina.out"
+    for target, text in ((first, "Server startup in 1 ms\n"), (second, "SEVERE: boom\n")):
+        target.parent.mkdir()
+        append(target, text)
+    link = tmp_path / "app.log"
+    link.symlink_to(first)
+    check = LogCheck(spec_for(link, fail="SEVERE"), SystemClock())
+    try:
+        assert (await check.probe()).ok
+        staging = tmp_path / "app.log.new"
+        staging.symlink_to(second)
+        staging.replace(link)
+        assert await verdict(check) == (False, f'fail pattern "SEVERE" seen in {link}')
+    finally:
+        await check.aclose()
+
+
 async def test_a_missing_file_without_any_match_does_not_exist_yet(log: Path) -> None:
     append(log, "starting\n")
     check = LogCheck(spec_for(log), SystemClock())
