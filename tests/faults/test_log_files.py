@@ -150,6 +150,9 @@ def test_rename_and_compress_seen_only_by_stat_polling_keeps_the_state(
     finish(case.agent, record)
 
 
+REUSE_ATTEMPTS = 5
+
+
 def _inode_reuse_possible(directory: Path) -> bool:
     probe = directory / ".inode-probe"
     probe.write_text("x")
@@ -170,19 +173,25 @@ def test_a_recreated_file_reusing_the_same_inode_is_read_from_its_start(
     (tmp_path / "logs").mkdir()
     if not _inode_reuse_possible(tmp_path / "logs"):
         pytest.skip("this filesystem does not reuse a freed inode number at once")
-    case = follow(initial="Starting Servlet engine\n" + NOISE * 1000 + READY)
+    big = "Starting Servlet engine\n" + NOISE * 1000 + READY
+    case = follow(initial=big)
     case.gate("True")
-    old = case.writer.do("stat")
-
-    case.writer.do("delete")
-    wait_for(  # the agent has let go of the old inode
-        "the agent to close the deleted file",
-        lambda: not open_paths(case.agent.pid, case.path.parent),
-        interval=0.005,
-        describe=case.agent.describe,
-    )
-    new = case.writer.do("create", then="Restarting\n")  # at once, while the inode is free
-    assert new["ino"] == old["ino"], "the recreated file did not reuse the inode"
+    for _ in range(REUSE_ATTEMPTS):  # other processes on a shared machine take inodes too
+        old = case.writer.do("stat")
+        case.writer.do("delete")
+        wait_for(  # the agent has let go of the old inode
+            "the agent to close the deleted file",
+            lambda: not open_paths(case.agent.pid, case.path.parent),
+            interval=0.005,
+            describe=case.agent.describe,
+        )
+        new = case.writer.do("create", then="Restarting\n")  # at once, while the inode is free
+        if new["ino"] == old["ino"]:
+            break
+        case.writer.write(big)  # not reused: make the agent's offset large again, and retry
+        case.kept("True")
+    else:
+        pytest.skip(f"no freed inode number was reused in {REUSE_ATTEMPTS} attempts")
     assert new["size"] < old["size"]
     case.kept("True")
     case.writer.write(FAIL)  # far before the old offset: read only if read from the start
