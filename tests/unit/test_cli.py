@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import __version__
+from sidecar import __version__, cli
 from sidecar.cli import EXIT_CONFIG, EXIT_NOT_READY, EXIT_OK, main
+from sidecar.clock import Clock
+from sidecar.model import CheckSpec
+from tests.unit.fakes import FakeCheck, Inconclusive, Step
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -130,28 +133,24 @@ def test_check_reports_a_probe_that_times_out_as_failed(
     assert "FAIL  exec SLOW: timed out after 0.2s" in capsys.readouterr().out.splitlines()
 
 
-def test_check_waits_for_a_log_check_still_reading_a_big_log(
+def test_check_probes_a_check_that_is_still_reading_again_until_it_decides(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sidecar.checks import _follow  # noqa: PLC0415
+    checks: list[FakeCheck] = []
 
-    monkeypatch.setattr(_follow, "BATCH_LIMIT", 4096)  # many batches: longer than the timeout
-    log = tmp_path / "app.log"
-    log.write_text("noise line\n" * 1_000_000 + "Server startup in 5 ms\n")
-    env = {
-        "CHECK_APP_KIND": "log",
-        "CHECK_APP_PATH": str(log),
-        "CHECK_APP_PATTERN": "Server startup",
-        "CHECK_APP_TIMEOUT_SECONDS": "0.5",
-        "CHECK_APP_PERIOD_SECONDS": "1",
-    }
-    started = time.monotonic()
+    def build(spec: CheckSpec, clock: Clock) -> FakeCheck:
+        reading = Inconclusive("still reading: 1 of 3 MiB")
+        script: list[Step] = [reading, reading, (True, "seen")]
+        checks.append(FakeCheck(spec, clock, script))
+        return checks[-1]
 
-    assert main(["check"], env=env) == EXIT_OK
+    monkeypatch.setattr(cli, "build_check", build)
 
-    assert time.monotonic() - started > 0.5  # more than one probe's timeout: it waited
+    assert main(["check"], env=file_check("APP", tmp_path / "ready")) == EXIT_OK
 
-    assert f'PASS  log APP: pattern "Server startup" seen in {log}' in capsys.readouterr().out
+    assert len(checks[0].probed_at) == 3
+    assert checks[0].closed
+    assert "PASS  file APP: seen" in capsys.readouterr().out
 
 
 # --- configuration errors and --version ----------------------------------------------------------
