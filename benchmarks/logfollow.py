@@ -5,7 +5,8 @@ Capacity
     A separate writer process fills a file with ``lines`` realistic log lines that match neither
     the ready pattern nor the fail pattern, then one ready line. A fresh
     ``sidecar.checks.log.LogCheck`` (the agent's own class, in a child process of its own) probes it
-    once: the probe reads the whole file, in the agent's 8 MiB batches, through both regexes.
+    until a probe decides (probes while it is still reading are inconclusive): it reads the whole
+    file, in the agent's 1 MiB batches, through both regexes.
     lines / wall time of that probe, best of ``repeats`` (the page cache is warm for all but the
     first; the same holds for tail | grep, measured the same way until the ready line comes out).
 
@@ -19,8 +20,19 @@ Live, at 10 MB/s
     "Keeps up" means the final line's lag and the p99 tick lag both stay within 250 ms (the log
     check's p99 latency target).
 
+First scan of a big log (an agent restart)
+    A file of ``big_size`` bytes (1 GiB; 64 MiB in ``--smoke``) of the same filler lines, then
+    one ready line, in the benchmark's temporary directory (deleted afterwards). A fresh
+    ``LogCheck`` in a child process is probed back to back by the prober's own ``probe`` (default
+    timeout 1 s) until a probe decides: probes while the check is still reading are
+    inconclusive (the check stays pending, a True gate stays True); none may fail. Scan rate =
+    bytes / wall time to the verdict; peak RSS = the child's ``VmHWM`` (and VmRSS just before
+    the scan); the event loop's lag = how late a 10 ms sleep in the same loop woke, at most
+    (matching big batches runs on the check's own thread). Baseline on the same file, same run:
+    ``grep -c -E`` with the same patterns.
+
 Run as a script, this module is the writer and the follower child:
-``python -m benchmarks.logfollow write|capacity|live ...``.
+``python -m benchmarks.logfollow write|capacity|live|scan ...``.
 """
 
 from __future__ import annotations
@@ -82,6 +94,25 @@ def write_bulk(path: Path, lines: int) -> JSON:
             block = filler(min(chunk_lines, lines - first), first)
             os.write(fd, block)
             written += len(block)
+        final = tick_line("final", time.time())
+        os.write(fd, final)
+        written += len(final)
+    finally:
+        os.close(fd)
+    return {"lines": lines + 1, "bytes": written, "seconds": time.time() - started}
+
+
+def write_size(path: Path, size: int) -> JSON:
+    """``size`` bytes of filler lines, then one ready line."""
+    started = time.time()
+    block = filler(10_000)
+    written = lines = 0
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+    try:
+        while written < size:
+            os.write(fd, block)
+            written += len(block)
+            lines += 10_000
         final = tick_line("final", time.time())
         os.write(fd, final)
         written += len(final)
@@ -157,10 +188,70 @@ async def agent_capacity(path: Path) -> JSON:
     try:
         cpu, wall = time.process_time(), time.perf_counter()
         result = await check.probe()
+        while result.inconclusive:  # still reading: probe again, as the prober would
+            result = await check.probe()
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     finally:
         await check.aclose()
     return {"seconds": wall, "cpu_seconds": cpu, "ok": result.ok, "detail": result.detail}
+
+
+def _vm(field: str) -> int:
+    """``VmRSS`` (now) or ``VmHWM`` (the peak) of this process, in bytes. (Not ``ru_maxrss``: Linux
+    carries it across ``execve``, so a child would report its parent's peak.)"""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+async def _loop_lag(worst: list[float]) -> None:
+    """Record in ``worst[0]`` how late a 10 ms sleep wakes, at most, until cancelled."""
+    loop = asyncio.get_running_loop()
+    while True:
+        before = loop.time()
+        await asyncio.sleep(0.01)
+        worst[0] = max(worst[0], loop.time() - before - 0.01)
+
+
+async def agent_scan(path: Path) -> JSON:
+    from sidecar.checks import build_check  # noqa: PLC0415
+    from sidecar.clock import SystemClock  # noqa: PLC0415
+    from sidecar.prober import probe  # noqa: PLC0415
+
+    clock = SystemClock()
+    spec = _settings(path).checks[0]
+    check = build_check(spec, clock)
+    rss_before = _vm("VmRSS")
+    worst = [0.0]
+    lag = asyncio.create_task(_loop_lag(worst))
+    inconclusive = failed = 0
+    try:
+        cpu, wall = time.process_time(), time.perf_counter()
+        while True:
+            result = await probe(check, clock)
+            if not result.inconclusive:
+                break
+            inconclusive += 1
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    finally:
+        lag.cancel()
+        await asyncio.gather(lag, return_exceptions=True)
+        await check.aclose()
+    failed = 0 if result.ok else 1
+    return {
+        "seconds": wall,
+        "cpu_seconds": cpu,
+        "ok": result.ok,
+        "detail": result.detail,
+        "probes": inconclusive + 1,
+        "inconclusive_probes": inconclusive,
+        "failed_probes": failed,
+        "timeout_seconds": spec.timing.timeout,
+        "rss_before_bytes": rss_before,
+        "peak_rss_bytes": _vm("VmHWM"),
+        "max_loop_lag_seconds": worst[0],
+    }
 
 
 async def agent_live(path: Path, within: float) -> JSON:
@@ -206,18 +297,23 @@ async def agent_live(path: Path, within: float) -> JSON:
 
 def _child_main(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.logfollow")
-    parser.add_argument("mode", choices=("write", "capacity", "live"))
+    parser.add_argument("mode", choices=("write", "capacity", "live", "scan"))
     parser.add_argument("--path", type=Path, required=True)
     parser.add_argument("--lines", type=int, default=0)
+    parser.add_argument("--size", type=int, default=0)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=RATE)
     args = parser.parse_args(argv)
-    if args.mode == "write" and args.lines:
+    if args.mode == "write" and args.size:
+        result = write_size(args.path, args.size)
+    elif args.mode == "write" and args.lines:
         result = write_bulk(args.path, args.lines)
     elif args.mode == "write":
         result = write_paced(args.path, args.seconds, args.rate)
     elif args.mode == "capacity":
         result = asyncio.run(agent_capacity(args.path))
+    elif args.mode == "scan":
+        result = asyncio.run(agent_scan(args.path))
     else:
         result = asyncio.run(agent_live(args.path, args.seconds + 30))
     print(json.dumps(result), flush=True)
@@ -295,6 +391,7 @@ class LogFollowBench:
         self.dir = workdir / "logfollow"
         self.smoke = smoke
         self.lines = 200_000 if smoke else 3_000_000
+        self.big_size = (64 if smoke else 1024) * 1024 * 1024
         self.seconds = 3.0 if smoke else 10.0
         self.repeats = 1 if smoke else 3
         self.out = out
@@ -333,6 +430,39 @@ class LogFollowBench:
             "agent_mb_per_second": written["bytes"] / best["seconds"] / 1e6,
             "tail_grep_seconds": grep_runs,
             "tail_grep_lines_per_second": lines / min(grep_runs),
+        }
+
+    async def big_scan(self) -> JSON:
+        path = self.dir / "big.log"
+        try:
+            written = await _result(
+                _child("write", "--path", str(path), "--size", str(self.big_size)), within=900
+            )
+            self.say(f"{written['bytes'] / 2**20:.0f} MiB written in {written['seconds']:.1f} s")
+            scan = await _result(_child("scan", "--path", str(path)), within=900)
+            if not scan["ok"]:
+                raise RuntimeError(f"the log check missed the ready line: {scan['detail']}")
+            started = time.perf_counter()
+            grep = await asyncio.to_thread(
+                subprocess.run,
+                ["grep", "-c", "-E", GREP_BOTH, str(path)],
+                capture_output=True,
+                check=False,
+            )
+            grep_seconds = time.perf_counter() - started
+            if grep.returncode != 0 or int(grep.stdout) != 1:
+                raise RuntimeError(f"grep -c found {grep.stdout!r} lines: {grep.stderr!r}")
+        finally:
+            path.unlink(missing_ok=True)
+        size = written["bytes"]
+        return {
+            **scan,
+            "bytes": size,
+            "lines": written["lines"],
+            "mb_per_second": size / scan["seconds"] / 1e6,
+            "lines_per_second": written["lines"] / scan["seconds"],
+            "grep_seconds": grep_seconds,
+            "grep_mb_per_second": size / grep_seconds / 1e6,
         }
 
     async def live_agent(self) -> JSON:
@@ -378,8 +508,11 @@ class LogFollowBench:
         self.say(f"live: {RATE / 1e6:g} MB/s for {self.seconds:g} s, the agent then tail | grep")
         agent = await self.live_agent()
         grep = await self.live_tail_grep()
+        self.say(f"first scan of a {self.big_size / 2**20:.0f} MiB log, then grep -c")
+        big = await self.big_scan()
         return {"capacity": capacity, "live_agent": agent, "live_tail_grep": grep,
-                "keep_up_limit_seconds": KEEP_UP, "rate_bytes_per_second": RATE}  # fmt: skip
+                "big_scan": big, "keep_up_limit_seconds": KEEP_UP,
+                "rate_bytes_per_second": RATE}  # fmt: skip
 
 
 if __name__ == "__main__":

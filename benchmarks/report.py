@@ -45,6 +45,7 @@ def expected_row_ids(smoke: bool) -> list[str]:
         "footprint.startup",
         "throughput.capacity",
         "throughput.live",
+        "throughput.big_scan",
         *(f"scale.n{n}" for n in sizes),
         "scale.flat",
     ]
@@ -391,6 +392,34 @@ def throughput_rows(data: JSON) -> list[JSON]:
     ]
 
 
+def big_scan_row(big: JSON) -> JSON:
+    seconds = big["seconds"]
+    growth = big["peak_rss_bytes"] - big["rss_before_bytes"]
+    return _row(
+        "throughput.big_scan",
+        f"log check: first scan of a {big['bytes'] / 2**30:.2g} GiB log (an agent restart)",
+        f"{big['mb_per_second']:.0f} MB/s ({seconds:.1f} s, {big['lines_per_second']:,.0f} "
+        f"lines/s); peak RSS {big['peak_rss_bytes'] / MIB:.1f} MiB ({growth / MIB:+.1f} over "
+        f"the check before its scan); {big['inconclusive_probes']} probes inconclusive "
+        f"(pending), {big['failed_probes']} failed; event loop late by "
+        f"{ms(big['max_loop_lag_seconds'])} at most",
+        baseline=f"grep -c -E: {big['grep_mb_per_second']:.0f} MB/s ({big['grep_seconds']:.1f} s)",
+        target="no probe fails while reading (timeout "
+        f"{big['timeout_seconds']:g} s): pending until the verdict",
+        verdict=_verdict(big["failed_probes"] == 0 and big["ok"]),
+        figures={
+            "mb_per_second": big["mb_per_second"],
+            "seconds": seconds,
+            "peak_rss_bytes": big["peak_rss_bytes"],
+            "rss_before_bytes": big["rss_before_bytes"],
+            "inconclusive_probes": big["inconclusive_probes"],
+            "failed_probes": big["failed_probes"],
+            "max_loop_lag_seconds": big["max_loop_lag_seconds"],
+            "grep_mb_per_second": big["grep_mb_per_second"],
+        },
+    )
+
+
 def scale_rows(scale: JSON) -> list[JSON]:
     rows = []
     for size, data in scale["sizes"].items():
@@ -467,6 +496,7 @@ def build_rows(results: JSON) -> list[JSON]:
     rows += api_rows(sections["idle"])
     rows += footprint_rows(sections["idle"])
     rows += throughput_rows(sections["log_throughput"])
+    rows.append(big_scan_row(sections["log_throughput"]["big_scan"]))
     rows += scale_rows(sections["scale"])
     return rows
 

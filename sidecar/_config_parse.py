@@ -2,6 +2,19 @@
 
 A parser takes the raw text of one variable and returns its value, or raises ``ParseError`` saying
 what was expected; ``config.py`` adds the variable's name and the text it was given.
+
+Invisible characters (a CRLF env file, a YAML copy-paste, a web page's no-break space):
+
+- words, numbers, booleans, choices, addresses and condition types ignore the whitespace around
+  them (``token``);
+- free text — paths, regular expressions, URLs, ``SEND`` — must not contain an invisible character
+  anywhere (``visible``): a control character (``\\r``, ``\\n``, ``\\t``, NUL...), a format
+  character (zero-width space, byte-order mark, direction marks), a line or paragraph separator,
+  or a space other than U+0020. A path or URL must not begin or end with a plain space either; a
+  regular expression or ``SEND`` may (``^220 ``). The error names the character; a regular
+  expression or ``SEND`` can say it on purpose with an escape;
+- a command is split like a shell does: spaces, tabs and line ends separate words, other
+  invisible characters are refused.
 """
 
 from __future__ import annotations
@@ -11,6 +24,7 @@ import ipaddress
 import math
 import re
 import shlex
+import unicodedata
 import warnings
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
@@ -50,9 +64,68 @@ def quote(raw: str) -> str:
     return '"' + "".join(c if c.isprintable() else repr(c)[1:-1] for c in text) + '"'
 
 
+#: Whitespace (Unicode's, as ``str.isspace``) without the ASCII information separators.
+_AROUND = "".join(chr(c) for c in range(0x3001) if chr(c).isspace() and not 0x1C <= c <= 0x1F)
+
+
 def token(raw: str) -> str:
-    """``raw`` without the spaces, tabs and line ends around it: for words, numbers, addresses."""
-    return raw.strip(" \t\r\n")
+    """``raw`` without the whitespace around it (also line ends and no-break spaces): for words,
+    numbers, addresses."""
+    return raw.strip(_AROUND)
+
+
+# --- invisible characters ----------------------------------------------------------------------
+
+_CHARACTER_NAMES = {
+    " ": "a space",
+    "\t": "a tab",
+    "\r": "a carriage return",
+    "\n": "a line feed",
+    "\0": "a NUL character",
+    "\u00a0": "a no-break space",
+    "\u200b": "a zero-width space",
+    "\ufeff": "a byte-order mark",
+}
+_WINDOWS = " (a file saved with Windows line endings?)"
+
+
+def is_invisible(char: str) -> bool:
+    """A character nobody sees in a value: control, format, separator, or a non-ASCII space."""
+    category = unicodedata.category(char)
+    return category in ("Cc", "Cf", "Zl", "Zp") or (category == "Zs" and char != " ")
+
+
+def describe_character(char: str) -> str:
+    """``a carriage return (\\r, U+000D)``."""
+    name = _CHARACTER_NAMES.get(char) or f"the character {unicodedata.name(char, 'unnamed')}"
+    if char == " ":
+        return f"{name} (U+0020)"
+    return f"{name} ({repr(char)[1:-1]}, U+{ord(char):04X})"
+
+
+def visible(raw: str, expected: str, escape: str | None = None, *, spaces: bool = False) -> str:
+    """``raw`` if it has no invisible character (and, unless ``spaces``, no whitespace at either
+    end: a plain space is visible in a pattern such as ``^220 ``, not at the end of a path).
+
+    Else ``ParseError(expected, ...)`` naming the character and where it is; ``escape``: how the
+    value can say such a character on purpose (regular expressions, ``SEND``).
+    """
+    for index, char in enumerate(raw):
+        edge = index in (0, len(raw) - 1)
+        if char == " " and spaces:
+            continue
+        if not is_invisible(char) and not (edge and char.isspace()):
+            continue
+        where = "ends with" if index == len(raw) - 1 else "begins with" if index == 0 else ""
+        found = (
+            f"it {where} {describe_character(char)}"
+            if where
+            else f"it contains {describe_character(char)} as character {index + 1}"
+        )
+        fix = f"write it as {escape} if it is meant" if escape else "remove it"
+        hint = _WINDOWS if char == "\r" and index == len(raw) - 1 else ""
+        raise ParseError(expected, f"{found}: {fix}{hint}")
+    return raw
 
 
 def one_of(options: Iterable[str]) -> str:
@@ -134,25 +207,26 @@ def choice(options: type[E]) -> Callable[[str], E]:
 
 
 def absolute_path(raw: str) -> Path:
+    expected = "an absolute path"
+    visible(raw, expected)
     if not raw.startswith("/"):
-        raise ParseError("an absolute path")
-    if "\0" in raw:
-        raise ParseError("an absolute path", "it contains a NUL character")
+        raise ParseError(expected)
     return Path(raw)
 
 
 # --- regular expressions and bytes -------------------------------------------------------------
 
 _REGEX = "a regular expression (Python re syntax)"
+_REGEX_ESCAPES = r"an escape (\r, \t, \x20, \s, \uFEFF ...)"
 
 
 def regex(raw: str) -> re.Pattern[str]:
-    return _compile(raw)
+    return _compile(visible(raw, _REGEX, _REGEX_ESCAPES, spaces=True))
 
 
 def bytes_regex(raw: str) -> re.Pattern[bytes]:
     """A pattern for replies: the text is encoded as UTF-8 before it is compiled."""
-    return _compile(_encode(raw, _REGEX))
+    return _compile(_encode(visible(raw, _REGEX, _REGEX_ESCAPES, spaces=True), _REGEX))
 
 
 def _compile(pattern: AnyStr) -> re.Pattern[AnyStr]:
@@ -180,6 +254,7 @@ _SEND = r"text with backslash escapes (\r \n \t \0 \xHH \\)"
 
 def escaped_bytes(raw: str) -> bytes:
     r"""``raw`` as bytes, with the escapes ``\r \n \t \0 \xHH \\`` replaced."""
+    visible(raw, _SEND, r"an escape (\r \n \t \0 \xHH)", spaces=True)
     out = bytearray()
     end = 0
     for match in _ESCAPE.finditer(raw):
@@ -235,8 +310,9 @@ def listen_address(raw: str) -> Address:
 
 def tcp_address(raw: str) -> TcpTarget:
     expected = "host:port, [ipv6]:port, :port or unix:/absolute/path"
-    if raw.startswith("unix:"):
-        path = raw.removeprefix("unix:")
+    visible(token(raw), expected)  # a host and port may have spaces around them, nothing else
+    if token(raw).startswith("unix:"):
+        path = visible(raw, expected).removeprefix("unix:")
         if not path.startswith("/") or "\0" in path:
             raise ParseError(expected, "a unix socket needs an absolute path")
         if len(path.encode("utf-8", "surrogateescape")) > _MAX_UNIX_PATH:
@@ -271,6 +347,7 @@ def _host_port(raw: str, expected: str, *, min_port: int) -> Address:
 
 def http_url(raw: str) -> str:
     expected = "an http:// or https:// URL with a host"
+    visible(raw, expected)
     if not raw or any(c.isspace() for c in raw):
         raise ParseError(expected, "a URL has no spaces" if token(raw) else None)
     try:
@@ -299,6 +376,7 @@ def status_range(raw: str) -> tuple[int, int]:
 
 def command(raw: str) -> tuple[str, ...]:
     expected = "a command line (split like a POSIX shell does, but no shell runs it)"
+    visible(raw.strip(" \t\r\n"), expected)  # whitespace around words is a separator
     try:
         argv = tuple(shlex.split(raw))
     except ValueError as exc:
@@ -453,11 +531,18 @@ class _FileReader:
 
     def load(self) -> dict[object, object] | None:
         try:
-            document = _load_yaml(Path(self.path))
+            visible(self.path, "the path of a YAML file")
+            document, duplicates = _load_yaml(Path(self.path))
+        except ParseError as exc:
+            self.problem(None, exc.describe(self.path))
+            self.layer.unusable = True
+            return None
         except _UnusableFileError as exc:
             self.problem(None, str(exc))
             self.layer.unusable = True
             return None
+        for duplicate in duplicates:
+            self.problem(duplicate.key, f"set twice ({duplicate.lines}): keep one")
         if document is None:
             return {}
         if not isinstance(document, dict):
@@ -513,9 +598,25 @@ class _UnusableFileError(Exception):
     pass
 
 
-def _load_yaml(path: Path) -> object:
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """A key written twice in one mapping of the config file: its path and where."""
+
+    key: str
+    lines: str  # "lines 3 and 7"
+
+
+def _load_yaml(path: Path) -> tuple[object, list[Duplicate]]:
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            # before constructing: that merges ``<<`` keys into the mapping nodes
+            duplicates = [] if node is None else _duplicates(node)
+            document = None if node is None else loader.construct_document(node)
+        finally:
+            loader.dispose()
     except OSError as exc:
         raise _UnusableFileError(f"cannot read the config file: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
@@ -528,6 +629,30 @@ def _load_yaml(path: Path) -> object:
         raise _UnusableFileError(f"invalid YAML: {_yaml_error(exc)}") from None
     except yaml.YAMLError as exc:
         raise _UnusableFileError(f"invalid YAML: {exc}") from None
+    return document, duplicates
+
+
+def _duplicates(node: yaml.Node, where: str = "") -> list[Duplicate]:
+    """Keys written twice in a mapping (YAML would silently keep the last), at any depth."""
+    found: list[Duplicate] = []
+    if isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            found += _duplicates(item, f"{where}[{index}]")
+    if not isinstance(node, yaml.MappingNode):
+        return found
+    first_line: dict[str, int] = {}
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+            continue
+        key = str(key_node.value)
+        path = f"{where}.{key}" if where else key
+        line = key_node.start_mark.line + 1
+        if key in first_line:
+            found.append(Duplicate(path, f"lines {first_line[key]} and {line}"))
+        else:
+            first_line[key] = line
+        found += _duplicates(value_node, path)
+    return found
 
 
 def _forbidden(key: str) -> str | None:

@@ -74,6 +74,8 @@ async def _check_once(settings: Settings) -> int:
         check = build_check(spec, clock)
         try:
             result = await probe(check, clock)
+            while result.inconclusive:  # still reading a big log: it makes progress, wait for it
+                result = await probe(check, clock)
         finally:
             await check.aclose()
         print(f"{'PASS' if result.ok else 'FAIL'}  {spec.label}: {result.detail}")

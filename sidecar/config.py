@@ -30,7 +30,7 @@ Variables, with their defaults:
     CHECK_<ID>_KIND           log | tcp | file | http | exec; <ID> is letters and digits
     CHECK_<ID>_GATE           the condition this check feeds            [GATE_CONDITION_TYPE]
     CHECK_<ID>_PERIOD_SECONDS (and the other timing suffixes) override GATE_* for this check
-    log:  _PATH, _PATTERN, _FAIL_PATTERN, _MAX_AGE_SECONDS, _FROM (start | end)
+    log:  _PATH, _PATTERN, _FAIL_PATTERN, _START_PATTERN, _MAX_AGE_SECONDS, _FROM (start | end)
     tcp:  _ADDRESS (host:port, [v6]:port, :port, unix:/path), _SEND (\\r \\n \\t \\0 \\xHH \\\\),
           _EXPECT (a regex for the reply)
     file: _PATH, _STATE (present | absent), _CONTAINS, _MAX_AGE_SECONDS
@@ -119,7 +119,7 @@ SETTINGS = (
 )
 COMMON_PARAMETERS = ("KIND", "GATE", *_TIMING_SUFFIXES)
 KIND_PARAMETERS: Mapping[CheckKind, tuple[str, ...]] = {
-    CheckKind.LOG: ("PATH", "PATTERN", "FAIL_PATTERN", "MAX_AGE_SECONDS", "FROM"),
+    CheckKind.LOG: ("PATH", "PATTERN", "FAIL_PATTERN", "START_PATTERN", "MAX_AGE_SECONDS", "FROM"),
     CheckKind.TCP: ("ADDRESS", "SEND", "EXPECT"),
     CheckKind.FILE: ("PATH", "STATE", "CONTAINS", "MAX_AGE_SECONDS"),
     CheckKind.HTTP: ("URL", "STATUS", "BODY"),
@@ -508,12 +508,18 @@ def _log_params(r: _Reader, prefix: str) -> LogParams | None:
         prefix + "PATTERN", p.regex, "required for log checks: a regular expression for the line"
     )
     fail_pattern = r.parse(prefix + "FAIL_PATTERN", p.regex)
+    start_pattern = r.parse(prefix + "START_PATTERN", p.regex)
     max_age = r.parse(prefix + "MAX_AGE_SECONDS", p.positive_seconds)
     start = r.get(prefix + "FROM", p.choice(LogStart), LogStart.START)
     if path is None or pattern is None:
         return None
     return LogParams(
-        path=path, pattern=pattern, fail_pattern=fail_pattern, max_age=max_age, start=start
+        path=path,
+        pattern=pattern,
+        fail_pattern=fail_pattern,
+        start_pattern=start_pattern,
+        max_age=max_age,
+        start=start,
     )
 
 
@@ -653,6 +659,7 @@ def _describe_params(params: CheckParams) -> dict[str, object]:
             "path": str(params.path),
             "pattern": params.pattern.pattern,
             "fail_pattern": _pattern(params.fail_pattern),
+            "start_pattern": _pattern(params.start_pattern),
             "max_age_seconds": params.max_age,
             "from": str(params.start),
         }

@@ -56,6 +56,9 @@ class LogParams:
     path: Path
     pattern: re.Pattern[str]
     fail_pattern: re.Pattern[str] | None = None
+    #: A line the application writes when it (re)starts: evidence before the latest one is
+    #: forgotten.
+    start_pattern: re.Pattern[str] | None = None
     max_age: float | None = None
     start: LogStart = LogStart.START
 
@@ -118,15 +121,25 @@ class CheckSpec:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CheckResult:
-    """The outcome of one probe. ``detail`` says why, in a few words, without the check's label."""
+    """The outcome of one probe. ``detail`` says why, in a few words, without the check's label.
+
+    ``inconclusive``: the check is working but could not decide yet (e.g. a log check still reading
+    a big backlog); ``ok`` is then False. The prober does not count such a result toward the
+    thresholds and keeps the check's state (so a gate that is True stays True meanwhile).
+    """
 
     ok: bool
     detail: str
     at: float
     duration: float = 0.0
+    inconclusive: bool = False
 
     def same_evidence(self, other: CheckResult | None) -> bool:
-        return other is not None and (self.ok, self.detail) == (other.ok, other.detail)
+        return other is not None and (self.ok, self.detail, self.inconclusive) == (
+            other.ok,
+            other.detail,
+            other.inconclusive,
+        )
 
 
 def bounded(text: str, limit: int) -> str:

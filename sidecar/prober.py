@@ -4,7 +4,8 @@ The first probe runs right after the initial delay; the second after a random fr
 period (so checks, and agents on the same node, do not probe in lockstep); then one per period.
 Event-driven checks also probe as soon as their ``wakeups()`` fire. A probe triggered by an event
 counts towards the thresholds only when it brings new evidence (a different ``(ok, detail)``), so a
-busy log file cannot satisfy a success threshold of 3 within a millisecond.
+busy log file cannot satisfy a success threshold of 3 within a millisecond. An inconclusive result
+(a log check still reading a big backlog) never counts: the check keeps its state.
 """
 
 from __future__ import annotations
@@ -123,10 +124,14 @@ class Worker:
         self.last_probe_at = self._clock.monotonic()
         labels = (self.spec.id, self.spec.kind)
         self._metrics.check_duration.labels(*labels).observe(result.duration)
-        self._metrics.check_results.labels(*labels, "success" if result.ok else "failure").inc()
+        outcome = "inconclusive" if result.inconclusive else "success" if result.ok else "failure"
+        self._metrics.check_results.labels(*labels, outcome).inc()
         return result
 
     def _record(self, result: CheckResult, *, by_event: bool) -> None:
+        if result.inconclusive:  # neither success nor failure: shown, not counted
+            self._results.update(self.spec.id, result, self._threshold.state)
+            return
         new_evidence = not result.same_evidence(self._last)
         before = self._threshold.state
         state = before

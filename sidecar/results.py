@@ -148,7 +148,10 @@ class Results:
     def update(self, check_id: str, result: CheckResult, state: CheckState) -> bool:
         """Record a probe outcome; True when anything a reader shows changed."""
         old = self._checks[check_id]
-        agrees = state is CheckState.PENDING or result.ok == (state is CheckState.READY)
+        # An inconclusive result (still reading) is shown as ``last`` but never as the evidence.
+        agrees = not result.inconclusive and (
+            state is CheckState.PENDING or result.ok == (state is CheckState.READY)
+        )
         evidence = result if agrees else old.evidence
         if old.state is state and result.same_evidence(old.last):
             self._checks[check_id] = CheckStatus(

@@ -98,7 +98,8 @@ def start_agent(
     """Start the agent as a subprocess for a Pod, with that Pod's bound token and environment.
 
     Without ``token_dir`` the agent gets a fresh token bound to the Pod, as the kubelet mounts it
-    (``token=False``: none at all). ``api_port`` points it elsewhere, e.g. at a fault proxy.
+    (``token=False``: none at all). ``api_port`` points it elsewhere, e.g. at a fault proxy;
+    ``wrap`` runs it through a command that execs it (``AgentProcess``).
     Agents still running at the end of the test are killed.
     """
     started: list[AgentProcess] = []
@@ -109,11 +110,12 @@ def start_agent(
         token: bool = True,
         token_dir: Path | None = None,
         api_port: int = APISERVER_PORT,
+        wrap: tuple[str, ...] = (),
         **env: str,
     ) -> AgentProcess:
         if token_dir is None and pod is not None and token:
             token_dir = bound_token_dir(control_plane, pod, tmp_path / f"sa-{len(started)}").path
-        agent = AgentProcess(agent_env(pod, token_dir, env, api_port=api_port))
+        agent = AgentProcess(agent_env(pod, token_dir, env, api_port=api_port), wrap=wrap)
         started.append(agent)
         return agent
 

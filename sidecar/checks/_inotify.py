@@ -1,19 +1,22 @@
 """Wake-ups for checks that watch one path: an inotify hint plus stat polling as the truth.
 
 ``inotify`` is bound with ctypes (``inotify_init1``, ``inotify_add_watch``, ``inotify_rm_watch``)
-and its descriptor is read by the running event loop (``loop.add_reader``). The watch is on the
-DIRECTORY containing the path, so that creation, deletion and rename of the file itself are seen;
-events for other names in that directory are ignored.
+and its descriptor is read by the running event loop (``loop.add_reader``). The watches are on
+DIRECTORIES, so that creation, deletion and rename of the file itself are seen: the directory
+that really holds the file and, when the path goes through symbolic links (a link into another
+directory, a ConfigMap volume's ``..data`` swap), the directory of each link, for the link's
+name. When a link on the way is re-pointed, the watches are computed again for the new target.
+Events for other names in those directories are ignored.
 
-Inotify is only a hint: network volumes send no events at all, and a path reached through a
-symbolic link that is re-pointed (a ConfigMap volume) changes without an event for its name. The
-safety net is the prober's own periodic probe, which runs whatever the wake-ups do, so a change
-inotify misses is seen within one period, as with a kubelet probe. (A queue overflow wakes.)
+Inotify is only a hint: network volumes send no events at all. The safety net is the prober's
+own periodic probe, which runs whatever the wake-ups do, so a change inotify misses is seen within
+one period, as with a kubelet probe. (A queue overflow wakes.)
 
-While there is no watch — inotify unavailable (``ENOSYS``, ``EMFILE``, the per-user watch limit)
-or the directory does not exist yet — :class:`PathWakeups` stat-polls the path every ``interval``
-seconds instead, comparing ``(st_dev, st_ino, st_size, st_mtime_ns, existence)``, and retries
-adding the watch on each poll. With a watch it does not poll: at rest it costs nothing.
+While the watches are not in place — inotify unavailable (``ENOSYS``, ``EMFILE``, the per-user
+watch limit) or a directory does not exist yet — :class:`PathWakeups` stat-polls the path every
+``interval`` seconds instead, comparing ``(st_dev, st_ino, st_size, st_mtime_ns, existence)``, and
+retries adding the watches on each poll. With the watches it does not poll: at rest it costs
+nothing.
 """
 
 from __future__ import annotations
@@ -22,12 +25,16 @@ import asyncio
 import contextlib
 import ctypes
 import errno
+import functools
 import os
+import stat
 import struct
 from collections.abc import Callable
-from functools import cache
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
+
+from sidecar.checks._runner import Runner, RunnerClosedError
 
 IN_NONBLOCK: Final = os.O_NONBLOCK
 IN_CLOEXEC: Final = os.O_CLOEXEC
@@ -69,7 +76,7 @@ MIN_GAP: Final = 0.02
 # --- the binding --------------------------------------------------------------------------------
 
 
-@cache
+@functools.cache
 def _libc() -> ctypes.CDLL:
     # The interpreter is linked against libc: its symbols are reachable without a library search
     # (``ctypes.util.find_library`` would spawn ``ldconfig``).
@@ -114,41 +121,119 @@ def inotify_rm_watch(fd: int, wd: int) -> None:
         raise _fail("inotify_rm_watch")
 
 
-# --- one directory watch ------------------------------------------------------------------------
+# --- the watches of one path --------------------------------------------------------------------
+
+#: How many symbolic links a path may go through, as the kernel allows (``ELOOP`` beyond).
+MAX_LINKS: Final = 40
+
+#: Events that can change what a name resolves to (a link or file created, renamed, deleted).
+_RELINK: Final = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO
 
 
-class DirectoryWatch:
-    """An inotify watch on the directory of ``path`` that calls ``on_wake`` for relevant events.
+@dataclass(frozen=True, slots=True)
+class WatchPoint:
+    """A directory to watch and the names in it that matter for the path."""
 
-    Relevant: any event naming the file, any event on the directory itself (deleted, moved,
-    attributes), and a queue overflow. Every read of the descriptor drains all queued events and
-    calls ``on_wake`` at most once, so a burst costs one wake-up.
+    directory: Path
+    names: frozenset[bytes]
+
+
+def watch_points(path: Path) -> tuple[WatchPoint, ...] | None:
+    """Where changes to ``path`` show up: the directory holding the file itself, and the
+    directory of every symbolic link met while resolving it (a ConfigMap volume's ``..data``, a
+    link into another directory), each with the names that matter. ``None`` when a directory on
+    the way does not exist (there is nothing to watch yet). Blocking (``lstat``, ``readlink``)."""
+    found: dict[Path, set[bytes]] = {}
+    directory = Path("/")
+    parts = list(path.parts[1:])
+    links = 0
+    while parts:
+        name = parts.pop(0)
+        if name in ("", "."):
+            continue
+        if name == "..":
+            directory = directory.parent
+            continue
+        candidate = directory / name
+        try:
+            mode = os.lstat(candidate).st_mode
+        except OSError:
+            if parts:
+                return None
+            mode = None  # the file itself is missing: its directory tells when it appears
+        if mode is not None and stat.S_ISLNK(mode):
+            links += 1
+            if links > MAX_LINKS:
+                return None
+            found.setdefault(directory, set()).add(os.fsencode(name))
+            try:
+                target = candidate.readlink()
+            except OSError:
+                return None
+            if target.is_absolute():
+                directory = Path("/")
+            parts = [*target.parts[1 if target.is_absolute() else 0 :], *parts]
+            continue
+        if not parts:
+            found.setdefault(directory, set()).add(os.fsencode(name))
+            break
+        directory = candidate
+    return tuple(WatchPoint(d, frozenset(names)) for d, names in found.items())
+
+
+#: The watch descriptors of :class:`PathWatch` and, for each, the names that matter in it.
+Watches = dict[int, frozenset[bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Added:
+    """What :meth:`PathWatch.try_add` added: the watches and their directories."""
+
+    watches: Watches
+    directories: tuple[Path, ...]
+
+
+class PathWatch:
+    """inotify watches on the directories where changes to ``path`` show up (``watch_points``),
+    calling ``on_wake`` for relevant events.
+
+    Relevant: any event naming the file or a symbolic link on the way to it, any event on a
+    watched directory itself (deleted, moved, attributes), and a queue overflow. Every read of
+    the descriptor drains all queued events and calls ``on_wake`` at most once, so a burst costs
+    one wake-up. An event that may change what the path resolves to (a link re-pointed, the file
+    created, renamed or deleted, a watched directory gone) also makes the watches stale: they are
+    computed and added again on the next poll, so a changed link is followed.
 
     Lifecycle: :meth:`open` (in the loop) creates the descriptor and registers the reader;
-    :meth:`try_add` may run in a worker thread (adding a watch resolves a path, which can block on a
-    hung network volume) and returns the watch descriptor for :meth:`set_watch`; :meth:`close`
-    releases everything. Each step degrades silently: without a descriptor or a watch the caller
-    keeps polling.
+    :meth:`try_add` runs on the check's thread (resolving a path can block on a hung network
+    volume) and returns the watches for :meth:`adopt`; :meth:`close` releases everything. Each
+    step degrades silently: without a descriptor or the watches the caller keeps polling.
     """
 
     def __init__(self, path: Path, on_wake: Callable[[], None]) -> None:
-        self._directory = path.parent
-        self._name = os.fsencode(path.name)
+        self._path = path
         self._on_wake = on_wake
         self._fd: int | None = None
-        self._wd: int | None = None
+        self._watches: Watches = {}
+        self._directories: tuple[Path, ...] = ()
+        self._stale = True  # the watches must be (re)computed
         self._dead: set[int] = set()  # watch descriptors the kernel already dropped
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
     @property
     def active(self) -> bool:
-        """Whether events can arrive (descriptor open and the directory watched)."""
-        return self._fd is not None and self._wd is not None
+        """Whether events can arrive for every place the path depends on."""
+        return self._fd is not None and bool(self._watches) and not self._stale
 
     @property
     def needs_watch(self) -> bool:
-        return not self._closed and self._wd is None
+        return not self._closed and self._fd is not None and not self.active
+
+    @property
+    def directories(self) -> tuple[Path, ...]:
+        """The directories watched now (for tests and diagnostics)."""
+        return self._directories
 
     def open(self) -> bool:
         """Create the descriptor and register it with the running loop (once; retried if failed)."""
@@ -167,30 +252,47 @@ class DirectoryWatch:
             os.close(fd)
             return False
         self._fd, self._loop = fd, loop
+        self._stale = True
         return True
 
-    def try_add(self) -> int | None:
-        """Add the watch on the directory; ``None`` if that fails now. Safe in a worker thread."""
+    def try_add(self) -> Added | None:
+        """Watch every directory of :func:`watch_points`; ``None`` if that fails now. Runs on the
+        check's thread."""
         fd = self._fd
         if fd is None:
             return None
+        points = watch_points(self._path)
+        if not points:
+            return None
+        watches: Watches = {}
         try:
-            return inotify_add_watch(fd, self._directory, WATCH_MASK)
+            for point in points:
+                wd = inotify_add_watch(fd, point.directory, WATCH_MASK)
+                watches[wd] = watches.get(wd, frozenset()) | point.names
         except OSError:
             return None
+        return Added(watches, tuple(point.directory for point in points))
 
-    def set_watch(self, wd: int | None) -> None:
-        """Adopt the result of :meth:`try_add` (in the loop)."""
-        if wd is None or self._fd is None or self._closed:
+    def adopt(self, added: Added | None) -> None:
+        """Take the result of :meth:`try_add` (in the loop); drop the watches no longer needed."""
+        fd = self._fd
+        if added is None or fd is None or self._closed:
             return
-        if wd in self._dead:  # the directory vanished between adding and adopting
+        if self._dead.intersection(added.watches):  # a directory vanished since it was added
             return
-        self._wd = wd
+        for wd in set(self._watches).difference(added.watches):
+            with contextlib.suppress(OSError):
+                inotify_rm_watch(fd, wd)
+            self._dead.add(wd)
+        self._watches = dict(added.watches)
+        self._directories = added.directories
+        self._stale = False
 
     def close(self) -> None:
         """Unregister the reader and close the descriptor (which drops every watch). Idempotent."""
         self._closed = True
-        fd, self._fd, self._wd = self._fd, None, None
+        fd, self._fd = self._fd, None
+        self._watches, self._directories = {}, ()
         if fd is None:
             return
         if self._loop is not None and not self._loop.is_closed():
@@ -221,7 +323,8 @@ class DirectoryWatch:
             self._on_wake()
 
     def _reset_descriptor(self) -> None:
-        fd, self._fd, self._wd = self._fd, None, None
+        fd, self._fd = self._fd, None
+        self._watches, self._directories = {}, ()
         if fd is not None:
             if self._loop is not None:
                 self._loop.remove_reader(fd)
@@ -237,8 +340,6 @@ class DirectoryWatch:
             if mask & IN_Q_OVERFLOW:
                 wake = True
                 continue
-            # Only one watch is alive at a time; its events count even before set_watch() adopted
-            # it (the file may change right after the watch was added).
             if wd in self._dead:
                 continue
             if mask & (IN_IGNORED | IN_MOVE_SELF):
@@ -248,11 +349,16 @@ class DirectoryWatch:
                     with contextlib.suppress(OSError):
                         inotify_rm_watch(self._fd, wd)
                 self._dead.add(wd)
-                if wd == self._wd:
-                    self._wd = None
+                self._watches.pop(wd, None)
+                self._stale = True  # (the directories are renewed on the next poll)
                 wake = True
-            elif not name or name == self._name:
+                continue
+            names = self._watches.get(wd)
+            # A watch not adopted yet counts: the path may change right after it was added.
+            if names is None or not name or name in names:
                 wake = True
+                if mask & _RELINK:
+                    self._stale = True
         return wake
 
 
@@ -276,22 +382,26 @@ class PathWakeups:
     """An async iterator that yields whenever ``path`` may have changed.
 
     It yields on relevant inotify events (coalesced: a burst between two ``__anext__`` calls is one
-    yield, and event-driven yields are at least :data:`MIN_GAP` apart) and, while no watch is
-    active, when a stat poll every ``interval`` seconds sees a different identity, size, mtime or
-    existence. It does not yield at start (the prober's first probe covers the state at start).
-    The stat (and adding the watch) run in a worker thread so that a hung network volume never
-    blocks the event loop. Every way of losing the watch (directory deleted or moved, descriptor
-    broken) is itself an event, so polling resumes after the yield it causes.
+    yield, and event-driven yields are at least :data:`MIN_GAP` apart) and, while the watches are
+    not all in place, when a stat poll every ``interval`` seconds sees a different identity, size,
+    mtime or existence. It does not yield at start (the prober's first probe covers the state at
+    start). The stat (and adding the watches) run on ``runner`` (the check's own thread; without
+    one, a runner of its own) so that a hung network volume never blocks the event loop or another
+    check. Every way of losing a watch (directory deleted or moved, descriptor broken, a link on the
+    way re-pointed) is itself an event, so the watches are renewed, or polling resumes, after the
+    yield it causes.
 
     Like an async generator, it is finished by :meth:`aclose` or by a cancellation of the task
     waiting in ``__anext__``; either releases the inotify descriptor and the loop reader.
     """
 
-    def __init__(self, path: Path, interval: float) -> None:
+    def __init__(self, path: Path, interval: float, runner: Runner | None = None) -> None:
         self._path = path
         self._interval = max(interval, 0.01)
         self._event = asyncio.Event()
-        self._watch = DirectoryWatch(path, self._event.set)
+        self._watch = PathWatch(path, self._event.set)
+        self._own_runner = runner is None
+        self._runner = runner or Runner(f"wakeups {path}")
         self._last: StatKey = None
         self._started = False
         self._closed = False
@@ -302,6 +412,11 @@ class PathWakeups:
         """Whether inotify events are currently expected (for tests and diagnostics)."""
         return self._watch.active
 
+    @property
+    def watched_directories(self) -> tuple[Path, ...]:
+        """The directories watched now (for tests and diagnostics)."""
+        return self._watch.directories
+
     def __aiter__(self) -> PathWakeups:
         return self
 
@@ -310,6 +425,9 @@ class PathWakeups:
             raise StopAsyncIteration
         try:
             return await self._next()
+        except RunnerClosedError:
+            self.close()
+            raise StopAsyncIteration from None
         except BaseException:
             self.close()
             raise
@@ -320,19 +438,21 @@ class PathWakeups:
     def close(self) -> None:
         self._closed = True
         self._watch.close()
+        if self._own_runner:
+            self._runner.close()
         self._event.set()  # a waiting __anext__ ends instead of waiting for an event forever
 
-    def _poll(self, add_watch: bool) -> tuple[int | None, StatKey]:
-        """In a worker thread: retry the watch if needed, then stat the path."""
-        wd = self._watch.try_add() if add_watch else None
-        return wd, stat_key(self._path)
+    def _poll(self, add_watch: bool) -> tuple[Added | None, StatKey]:
+        """On the runner: renew the watches if needed, then stat the path."""
+        watches = self._watch.try_add() if add_watch else None
+        return watches, stat_key(self._path)
 
     async def _poll_now(self) -> StatKey:
         self._watch.open()
         add = self._watch.needs_watch
-        wd, key = await asyncio.to_thread(self._poll, add)
+        watches, key = await self._runner.run(functools.partial(self._poll, add))
         if add:
-            self._watch.set_watch(wd)
+            self._watch.adopt(watches)
         return key
 
     async def _next(self) -> None:
@@ -376,13 +496,14 @@ class FileWakeups:
     #: Without inotify, the stat poll never runs less often than this, whatever the check's period.
     MAX_POLL_INTERVAL = 1.0
 
-    def __init__(self, path: Path, period: float) -> None:
+    def __init__(self, path: Path, period: float, runner: Runner) -> None:
         self._path = path
         self._interval = min(period, self.MAX_POLL_INTERVAL)
+        self._runner = runner
         self._handed_out: list[PathWakeups] = []
 
     def new(self) -> PathWakeups:
-        iterator = PathWakeups(self._path, self._interval)
+        iterator = PathWakeups(self._path, self._interval, self._runner)
         self._handed_out.append(iterator)
         return iterator
 

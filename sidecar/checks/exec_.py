@@ -76,6 +76,9 @@ class ExecCheck:
     def wakeups(self) -> None:
         return None
 
+    def forget_before(self, started_at: float) -> None:
+        """Nothing to forget: every probe runs the command anew."""
+
     async def aclose(self) -> None:
         return None
 

@@ -6,16 +6,22 @@ the regular expression, and if ``max_age`` is set its mtime is at most that many
 ``clock.time()`` (a future mtime counts as fresh). ``state=absent`` succeeds when the path does
 not exist.
 
-The evaluation runs in a worker thread (a hung network volume must not block the event loop),
-at most one at a time: a probe cancelled by its timeout leaves its evaluation running and the next
-probe waits for it before starting another. Wake-ups are the same as the log check's; an expiring
-``max_age`` is noticed by the periodic probe, not by a wake-up.
+After :meth:`FileCheck.forget_before` (a new instance of the application), a file whose mtime is
+before the instance's start (its whole second) counts as not there for ``state=present``: a
+marker or heartbeat the old instance left behind is not evidence about the new one. ``state=absent``
+is unchanged: a lock file that still exists, exists.
+
+The evaluation runs on the check's own thread (a hung network volume must not block the event
+loop or another check), at most one at a time: a probe cancelled by its timeout leaves its
+evaluation running and the next probe waits for it before starting another. Wake-ups are the same
+as the log check's; an expiring ``max_age`` is noticed by the periodic probe, not by a wake-up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import os
 import re
 from collections.abc import AsyncIterator
@@ -24,7 +30,8 @@ from typing import Final
 
 from sidecar.checks._follow import describe_read_error
 from sidecar.checks._inotify import FileWakeups
-from sidecar.checks.base import timed_result
+from sidecar.checks._runner import Runner
+from sidecar.checks.base import not_before, timed_result
 from sidecar.clock import Clock
 from sidecar.model import CheckResult, CheckSpec, FileParams, FileState, bounded
 
@@ -34,8 +41,11 @@ _SHOWN_LIMIT = 60
 _OPEN_FLAGS: Final = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0)
 
 
-def evaluate(params: FileParams, now: float) -> tuple[bool, str]:
-    """The verdict for ``params`` at wall-clock time ``now``: ``(ok, detail)``. Blocking I/O."""
+def evaluate(params: FileParams, now: float, not_before: float | None = None) -> tuple[bool, str]:
+    """The verdict for ``params`` at wall-clock time ``now``: ``(ok, detail)``. Blocking I/O.
+
+    ``not_before``: a present file modified before this time is older than the application's
+    current instance and counts as not there."""
     path = params.path
     try:
         st: os.stat_result | None = path.stat()
@@ -47,6 +57,15 @@ def evaluate(params: FileParams, now: float) -> tuple[bool, str]:
         return (True, f"{path} does not exist") if st is None else (False, f"{path} exists")
     if st is None:
         return False, f"{path} does not exist"
+    return _present(params, st, now, not_before)
+
+
+def _present(
+    params: FileParams, st: os.stat_result, now: float, not_before: float | None
+) -> tuple[bool, str]:
+    path = params.path
+    if not_before is not None and st.st_mtime < not_before:
+        return False, f"{path} is older than the application's current instance"
     if params.max_age is not None and now - st.st_mtime > params.max_age:
         return False, f"{path} older than {params.max_age:g}s"
     if params.contains is None:
@@ -96,22 +115,28 @@ class FileCheck:
         self._params = spec.params
         self._clock = clock
         self._job: asyncio.Future[tuple[bool, str]] | None = None
-        self._wakeups = FileWakeups(spec.params.path, spec.timing.period)
+        self._runner = Runner(f"check-{spec.id}")
+        self._wakeups = FileWakeups(spec.params.path, spec.timing.period, self._runner)
+        self._not_before: float | None = None
 
     def wakeups(self) -> AsyncIterator[None]:
         return self._wakeups.new()
 
+    def forget_before(self, started_at: float) -> None:
+        floor = not_before(started_at)
+        if self._params.state is FileState.PRESENT:
+            self._not_before = max(floor, self._not_before or -math.inf)
+
     async def aclose(self) -> None:
         self._wakeups.close()
+        self._runner.close()
 
     async def probe(self) -> CheckResult:
         started = self._clock.monotonic()
         while self._job is not None and not self._job.done():
             await asyncio.shield(self._job)
-        loop = asyncio.get_running_loop()
-        job = loop.run_in_executor(
-            None, functools.partial(evaluate, self._params, self._clock.time())
-        )
+        call = functools.partial(evaluate, self._params, self._clock.time(), self._not_before)
+        job = self._runner.submit(call)
         self._job = job
         ok, detail = await asyncio.shield(job)
         return timed_result(self._clock, started, ok, detail)

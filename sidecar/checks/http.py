@@ -8,7 +8,8 @@ The check behaves like a kubelet HTTP probe:
   other code (the default range 200-399 accepts it).
 - Proxies from the environment (``HTTP_PROXY``...) are ignored, no cookies are kept, every probe
   opens a new connection (no keep-alive, so a stale pooled connection never fails a probe) and the
-  host name is resolved afresh each time (no DNS cache).
+  host name is resolved afresh each time (no DNS cache), on the check's own thread (never in the
+  event loop's shared executor: a name server that never answers delays no other check).
 - The request carries ``User-Agent: readiness-gate-sidecar/<version>``.
 
 Success: ``status_min <= status <= status_max`` and, when ``body`` is set, the pattern matches the
@@ -25,9 +26,12 @@ from __future__ import annotations
 import socket
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from sidecar import __version__
+from sidecar.checks._resolve import Lookups
+from sidecar.checks._runner import Runner
 from sidecar.checks.base import timed_result
 from sidecar.clock import Clock
 from sidecar.model import CheckResult, CheckSpec, HttpParams, bounded
@@ -54,6 +58,45 @@ def _display_url(url: str) -> str:
     return _show_text(url, 120)
 
 
+_NUMERIC = socket.AI_NUMERICHOST | socket.AI_NUMERICSERV
+_NAME_FLAGS = socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
+
+
+class _CheckResolver(AbstractResolver):
+    """aiohttp's ``ThreadedResolver``, with the lookups on the check's runner (``_resolve``)."""
+
+    def __init__(self, lookups: Lookups) -> None:
+        self._lookups = lookups
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        infos = await self._lookups.getaddrinfo(
+            host, port, family=family, flags=socket.AI_ADDRCONFIG
+        )
+        hosts: list[ResolveResult] = []
+        for found, _, proto, _, sockaddr in infos:
+            address, number = sockaddr[0], sockaddr[1]
+            if found == socket.AF_INET6 and len(sockaddr) >= 4 and sockaddr[3]:
+                # link-local: the scope must be part of the host
+                address, service = await self._lookups.getnameinfo(sockaddr, _NAME_FLAGS)
+                number = int(service)
+            hosts.append(
+                ResolveResult(
+                    hostname=host,
+                    host=address,
+                    port=number,
+                    family=found,
+                    proto=proto,
+                    flags=_NUMERIC,
+                )
+            )
+        return hosts
+
+    async def close(self) -> None:
+        return None
+
+
 class HttpCheck:
     """Probe an HTTP(S) endpoint with a GET request."""
 
@@ -65,14 +108,20 @@ class HttpCheck:
         self._clock = clock
         self._session: aiohttp.ClientSession | None = None
         self._what = f"GET {_display_url(spec.params.url)}"
+        self._runner = Runner(f"check-{spec.id}")
+        self._resolver = _CheckResolver(Lookups(self._runner))
 
     def wakeups(self) -> None:
         return None
+
+    def forget_before(self, started_at: float) -> None:
+        """Nothing to forget: every probe sends a new request."""
 
     async def aclose(self) -> None:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+        self._runner.close()
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -81,6 +130,7 @@ class HttpCheck:
                     ssl=False,  # like the kubelet: certificates are not verified
                     force_close=True,
                     use_dns_cache=False,
+                    resolver=self._resolver,
                 ),
                 headers={"User-Agent": USER_AGENT},
                 cookie_jar=aiohttp.DummyCookieJar(),

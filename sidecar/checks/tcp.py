@@ -7,6 +7,9 @@ capped at 64 KiB: a peer that talks more than that without matching fails the ch
 read timeout here: the prober bounds the whole probe with the check's timeout by cancelling it, and
 the connection is aborted on cancellation.
 
+A host name is resolved on the check's own thread (``_resolve``), never in the event loop's shared
+executor: a name server that never answers times out this check's probes and nobody else's.
+
 This covers banner protocols (SMTP greets with ``220 ...``, no ``send``) as well as
 request/response ones (Redis: ``send`` ``PING\\r\\n``, ``expect`` ``^\\+PONG``).
 """
@@ -19,6 +22,8 @@ import re
 import socket
 from dataclasses import dataclass
 
+from sidecar.checks._resolve import Lookups, open_stream
+from sidecar.checks._runner import Runner
 from sidecar.checks.base import timed_result
 from sidecar.clock import Clock
 from sidecar.model import CheckResult, CheckSpec, TcpParams, bounded
@@ -84,12 +89,17 @@ class TcpCheck:
         self.spec = spec
         self._params = params
         self._clock = clock
+        self._runner = Runner(f"check-{spec.id}")
+        self._lookups = Lookups(self._runner)
 
     def wakeups(self) -> None:
         return None
 
+    def forget_before(self, started_at: float) -> None:
+        """Nothing to forget: every probe connects anew."""
+
     async def aclose(self) -> None:
-        return None
+        self._runner.close()
 
     async def probe(self) -> CheckResult:
         started = self._clock.monotonic()
@@ -100,7 +110,9 @@ class TcpCheck:
         params = self._params
         if params.unix_path is not None:
             return await asyncio.open_unix_connection(params.unix_path)
-        return await asyncio.open_connection(params.host, params.port)
+        assert params.host is not None
+        assert params.port is not None
+        return await open_stream(self._lookups, params.host, params.port)
 
     async def _evaluate(self) -> _Outcome:
         address = self._params.address

@@ -1,5 +1,6 @@
 """Fixtures of the fault-injection suite: the agent with a chosen API endpoint, the fault proxy,
-the log writer process, and a record of measured numbers printed at the end of the run.
+the log writer process and an agent following its file, and a record of measured numbers printed
+at the end of the run.
 
 The control plane and the Pod fixtures (``control_plane``, ``admin``, ``namespace``, ``make_pod``,
 ``start_agent``) come from ``tests/conftest.py``: one control plane per session, shared with the
@@ -10,14 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.faults.followed import Followed, start_following
 from tests.faults.proxy import FaultProxy
 from tests.faults.support import Record
 from tests.faults.writer import LogWriter
+from tests.harness.agent import AgentProcess
 from tests.harness.cluster import ControlPlane
+from tests.harness.kube import KubeClient
 from tests.harness.pki import ClientCert
+from tests.harness.workloads import PodRef
 
 _MEASURED = pytest.StashKey[list[tuple[str, str, float, str]]]()
 
@@ -79,3 +85,21 @@ def log_writer() -> Iterator[Callable[[Path], LogWriter]]:
     yield start
     for writer in writers:
         writer.close()
+
+
+@pytest.fixture
+def follow(
+    admin: KubeClient,
+    make_pod: Callable[..., PodRef],
+    start_agent: Callable[..., AgentProcess],
+    log_writer: Callable[[Path], LogWriter],
+    tmp_path: Path,
+) -> Callable[..., Followed]:
+    """``follow(initial=..., path=..., **env)``: a Pod, a writer on ``path`` (default
+    ``<tmp>/logs/app.log``) and the agent with one log check on it (``faults/followed.py``)."""
+
+    def start(path: Path | None = None, **options: Any) -> Followed:
+        target = path or tmp_path / "logs" / "app.log"
+        return start_following(admin, make_pod, start_agent, log_writer, target, **options)
+
+    return start

@@ -17,9 +17,10 @@ from tests.harness.agent import AgentProcess
 from tests.harness.cluster import ControlPlane
 from tests.harness.kube import JSON, KubeClient, wait_for
 from tests.harness.workloads import GATE, PodRef, gate_condition, wait_gate
+from tests.unit.checks.files import project_files
 
 ROOT = Path(__file__).resolve().parents[2]
-__all__ = ["gate_condition", "wait_gate"]  # re-exported for the fault tests
+__all__ = ["gate_condition", "project_files", "wait_gate"]  # re-exported for the fault tests
 
 Record = Callable[[str, float, str], None]
 """``record(name, value, unit)``: a measured number for the run's summary (fixture ``record``)."""
@@ -287,35 +288,3 @@ def token_id(token: str) -> str:
     payload = token.split(".")[1]
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     return f"JTI={claims['jti']}"
-
-
-# --- the kubelet's token projection -----------------------------------------------------------
-
-
-def project_files(directory: Path, files: dict[str, bytes]) -> None:
-    """Write ``files`` into ``directory`` the way the kubelet updates a projected volume.
-
-    Each version lives in a hidden timestamped directory; ``..data`` is a symlink to the current
-    one, swapped atomically with a rename; the visible names are symlinks through ``..data``.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    version = directory / f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{time.monotonic_ns()}"
-    version.mkdir()
-    for name, content in files.items():
-        (version / name).write_bytes(content)
-        (version / name).chmod(0o600)
-    old = directory / "..data"
-    previous = old.resolve() if old.is_symlink() else None
-    staging = directory / "..data_tmp"
-    staging.unlink(missing_ok=True)
-    staging.symlink_to(version.name)
-    staging.replace(old)
-    for name in files:
-        link = directory / name
-        if not link.is_symlink():
-            link.unlink(missing_ok=True)
-            link.symlink_to(f"..data/{name}")
-    if previous is not None and previous != version:
-        for leftover in previous.iterdir():
-            leftover.unlink()
-        previous.rmdir()

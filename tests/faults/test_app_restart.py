@@ -1,17 +1,22 @@
 """The legacy application restarts under the agent (``tests/harness/legacy_app.py``).
 
 The app writes a log and listens on a port with a banner. One Pod has two gates: one fed by a
-``log`` check of the app's log, one by a ``tcp`` check of its port. Each restart must take both
-gates False and bring them back True only once the new instance is ready: both stay False for the
-``READY_AFTER`` seconds before the new instance can log its ready line and open its port, then
-both turn True promptly after it says "legacy app: ready" (asserted: within 3 s):
+``log`` check of the app's log, one by a ``tcp`` check of its port. The log check learns of a
+restart from the app's first line (``CHECK_LOG_START_PATTERN``, "Starting Servlet engine"); a
+truncated or replaced log alone is rotation, not a restart. Each restart must take both gates
+False and bring them back True only once the new instance is ready: both are False from the new
+instance's first line until ``READY_AFTER`` seconds later, when it can log its ready line and open
+its port, then both turn True promptly after it says "legacy app: ready" (asserted: within 3 s):
 
-- restarted with its log truncated (an app that opens its log with O_TRUNC);
-- restarted with its log replaced (deleted, then created by the new instance);
+- restarted with its log truncated (an app that opens its log with O_TRUNC): the truncation
+  itself keeps the log gate as it was;
+- restarted with its log replaced (deleted, then created by the new instance): the deletion
+  keeps it too;
+- restarted appending to the same log, as Tomcat's ``catalina.sh`` does;
 - broken and repaired in place (SIGUSR1: fail line, port closed; SIGUSR2: ready line, port open).
 
-A log that is merely renamed away (rename rotation) keeps the log check's state by design: that
-case is in test_log_files.py.
+Container restarts seen through the API (``containerStatuses``) are another way to learn of them;
+this test has no real node, so it covers what the log alone can tell.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from tests.harness.workloads import PodRef
 LOG_GATE = "example.com/log-ready"
 PORT_GATE = "example.com/port-ready"
 READY_AFTER = 2.0
+RESTARTED = "since the application started"
 
 
 class LegacyApp:
@@ -94,11 +100,14 @@ def _both(admin: KubeClient, pod: PodRef, status: str, agent: AgentProcess) -> N
 
 
 def _gates_while_starting(
-    admin: KubeClient, pod: PodRef, app: LegacyApp, agent: AgentProcess
+    admin: KubeClient, pod: PodRef, app: LegacyApp, agent: AgentProcess, *, restart: bool = True
 ) -> float:
     """Both gates stay False as long as the new instance cannot be ready (it logs its ready line
-    and opens its port ``READY_AFTER`` seconds after it starts), then both turn True.
+    and opens its port ``READY_AFTER`` seconds after it starts), then both turn True; after a
+    restart, the log gate turns False at the new instance's first line (the start pattern).
     Returns how long after the app said "ready" the last gate turned True."""
+    if restart:
+        wait_gate(admin, pod, "False", agent, gate=LOG_GATE, message=RESTARTED, timeout=30)
     cannot_be_ready_before = app.started + READY_AFTER
     while time.monotonic() < cannot_be_ready_before - 0.1:
         for gate in (LOG_GATE, PORT_GATE):
@@ -132,6 +141,7 @@ def test_app_restarts_take_both_gates_false_until_it_is_ready_again(
         CHECK_LOG_PATH=str(log),
         CHECK_LOG_PATTERN=r"Server startup in \d+ ms",
         CHECK_LOG_FAIL_PATTERN="SEVERE",
+        CHECK_LOG_START_PATTERN="Starting Servlet engine",
         CHECK_LOG_GATE=LOG_GATE,
         CHECK_PORT_KIND="tcp",
         CHECK_PORT_ADDRESS=f":{port}",
@@ -139,13 +149,14 @@ def test_app_restarts_take_both_gates_false_until_it_is_ready_again(
         CHECK_PORT_GATE=PORT_GATE,
         **FAST,
     )
-    record("first_start_ready_to_gates_true", _gates_while_starting(admin, pod, app, agent), "s")
+    first = _gates_while_starting(admin, pod, app, agent, restart=False)
+    record("first_start_ready_to_gates_true", first, "s")
 
-    # 1. Restarted with its log truncated.
+    # 1. Restarted with its log truncated: the truncation is rotation, the new instance's first
+    #    line is the restart.
     app.stop()
-    wait_gate(admin, pod, "False", agent, gate=PORT_GATE)  # the port closed; the log still
-    log.write_text("")  # says ready until the new instance truncates it
-    wait_gate(admin, pod, "False", agent, gate=LOG_GATE, message="not seen")
+    wait_gate(admin, pod, "False", agent, gate=PORT_GATE)  # the port closed
+    log.write_text("")
     app = legacy_app(log, port)
     record(
         "truncated_restart_ready_to_gates_true", _gates_while_starting(admin, pod, app, agent), "s"
@@ -154,11 +165,19 @@ def test_app_restarts_take_both_gates_false_until_it_is_ready_again(
     # 2. Restarted with its log replaced (deleted, then created anew by the new instance).
     app.stop()
     log.unlink()
-    wait_gate(admin, pod, "False", agent, gate=LOG_GATE, message="does not exist")
     wait_gate(admin, pod, "False", agent, gate=PORT_GATE)
     app = legacy_app(log, port)
     record(
         "replaced_restart_ready_to_gates_true", _gates_while_starting(admin, pod, app, agent), "s"
+    )
+
+    # 2b. Restarted appending to the same log: the previous instance's ready line is still there.
+    app.stop()
+    wait_gate(admin, pod, "False", agent, gate=PORT_GATE)
+    assert "Server startup in" in log.read_text()
+    app = legacy_app(log, port)
+    record(
+        "appending_restart_ready_to_gates_true", _gates_while_starting(admin, pod, app, agent), "s"
     )
 
     # 3. Broken and repaired in place: fail line and port closed, then ready line and port open.

@@ -118,6 +118,24 @@ CASES = [
          **(HTTP | {"CHECK_APP_STATUS": "600-100"}), CHECK_APP_PATH=UNSET),
     case("exec without command", "CHECK_APP_COMMAND: required", CHECK_APP_KIND="exec",
          CHECK_APP_PATH=UNSET),
+    # invisible characters (a CRLF env file, a YAML copy-paste)
+    case("lock path ending in a carriage return",
+         ('CHECK_APP_PATH: expected an absolute path, got "/run/app.lock\\r"',
+          "ends with a carriage return (\\r, U+000D)"),
+         CHECK_APP_PATH="/run/app.lock\r", CHECK_APP_STATE="absent"),
+    case("pattern ending in a carriage return",
+         ("CHECK_APP_PATTERN: expected a regular expression", "ends with a carriage return"),
+         **(LOG | {"CHECK_APP_PATTERN": "Server startup\r"})),
+    case("log path ending in a space", "CHECK_APP_PATH: expected an absolute path, got "
+         '"/logs/app.log ": it ends with a space (U+0020)',
+         **(LOG | {"CHECK_APP_PATH": "/logs/app.log "})),
+    case("zero-width space in a pattern",
+         "CHECK_APP_PATTERN: expected a regular expression (Python re syntax), got "
+         '"Server\\u200bstartup": it contains a zero-width space (\\u200b, U+200B) as character 7',
+         **(LOG | {"CHECK_APP_PATTERN": "Server\u200bstartup"})),
+    case("no-break space in a fail pattern",
+         ("CHECK_APP_FAIL_PATTERN: expected", "a no-break space (\\xa0, U+00A0)"),
+         **(LOG | {"CHECK_APP_FAIL_PATTERN": "Pausing\u00a0ProtocolHandler"})),
     case("exec unbalanced quote", ("CHECK_APP_COMMAND: expected a command line", "no closing"),
          **(EXEC | {"CHECK_APP_COMMAND": "sh -c 'oops"}), CHECK_APP_PATH=UNSET),
     case("file absent with contains", "CHECK_APP_CONTAINS: applies to a file that is present",
@@ -164,6 +182,10 @@ CASES = [
               "perodSeconds in {file}: unknown setting; did you mean periodSeconds?"),
     file_case("bad value in the config file", "periodSeconds: -1\n",
               "GATE_PERIOD_SECONDS (periodSeconds in {file}): expected a number of seconds > 0"),
+    file_case("duplicate key in the config file",
+              "checks:\n  APP:\n    kind: log\n    path: /logs/a.log\n    pattern: ready\n"
+              "    path: /logs/b.log\n",
+              "checks.APP.path in {file}: set twice (lines 4 and 6): keep one"),
     file_case("identity in the config file", "podName: p\n",
               "podName in {file}: not allowed in the file: set POD_NAME in the environment"),
 ]  # fmt: skip

@@ -2,16 +2,18 @@
 rename rotations, truncations, copytruncates and deletions, reports what a simple model says.
 
 The unit property (``tests/unit/checks/test_follow_property.py``) proves which lines the follower
-reads and where it resets. This one proves the check built on it: its state after every probe.
-The operations, the file model and the rules that keep a test within what any follower can see
-(at most one structural change between two reads) are that test's ``World``; on top of its
-events, the model of the check is:
+reads and where its read position goes back to the start of a file. This one proves the check
+built on it: its state after every probe. The operations, the file model and the rules that keep a
+test within what any follower can see (at most one structural change between two reads) are that
+test's ``World``; on top of its events, the model of the check is:
 
-- a reset (truncation, ``copytruncate``, a deleted file) forgets the match;
-- each line, in order: a line with ``FAIL`` is a fail match (it wins when a line has both), else a
-  line with ``READY`` a ready match, else nothing changes (the latest match wins);
-- the verdict: the path missing -> "does not exist yet"; no match -> "not seen"; fail -> "fail
-  pattern seen"; ready -> ready (the only passing verdict).
+- rotation is not an application event: a truncation, a ``copytruncate``, a deleted, replaced or
+  missing file changes nothing (the new content is simply read from its start);
+- each line, in order: a line with ``START`` (the start pattern) forgets the match; then a line
+  with ``FAIL`` is a fail match (it wins when a line has both), else a line with ``READY`` a ready
+  match, else nothing changes (the latest match wins);
+- the verdict: fail -> "fail pattern seen"; ready -> ready (the only passing verdict); without a
+  match: the path missing -> "does not exist yet", else "not seen".
 
 Some probes are cancelled at a random point first (as the prober's timeout does), then probed
 again: a cancelled probe must neither lose nor double-count a line.
@@ -36,7 +38,18 @@ from sidecar.model import CheckKind, CheckSpec, LogParams, Timing
 from tests.unit.checks.test_follow_property import RESET, World
 
 PAYLOAD = st.sampled_from(
-    ["", "noise", "READY", "FAIL", "READY and FAIL", "FAIL, READY", "é READY 🚀"]
+    [
+        "",
+        "noise",
+        "READY",
+        "FAIL",
+        "READY and FAIL",
+        "FAIL, READY",
+        "é READY 🚀",
+        "START",
+        "START READY",
+        "START FAIL",
+    ]
 )
 OPS = st.one_of(
     st.tuples(st.just("write"), st.integers(1, 30), st.booleans(), PAYLOAD),
@@ -68,9 +81,11 @@ class CheckModel:
 
     def fold(self, events: list[str], missing: bool) -> None:
         for event in events:
-            if event == RESET:
+            if event == RESET:  # rotation: nothing to forget
+                continue
+            if "START" in event:
                 self.match = None
-            elif "FAIL" in event:
+            if "FAIL" in event:
                 self.match = "fail"
             elif "READY" in event:
                 self.match = "ready"
@@ -78,7 +93,9 @@ class CheckModel:
 
     @property
     def verdict(self) -> str:
-        return "missing" if self.missing else self.match or "none"
+        if self.match is not None:
+            return self.match
+        return "missing" if self.missing else "none"
 
 
 def verdict(ok: bool, detail: str) -> str:
@@ -97,7 +114,12 @@ def verdict(ok: bool, detail: str) -> str:
 
 
 def spec(path: Path) -> CheckSpec:
-    params = LogParams(path=path, pattern=re.compile("READY"), fail_pattern=re.compile("FAIL"))
+    params = LogParams(
+        path=path,
+        pattern=re.compile("READY"),
+        fail_pattern=re.compile("FAIL"),
+        start_pattern=re.compile("START"),
+    )
     return CheckSpec(id="APP", kind=CheckKind.LOG, gate=None, timing=Timing(), params=params)
 
 

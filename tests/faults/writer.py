@@ -12,6 +12,8 @@ Commands (``op`` and its arguments):
 ``write``          append ``text`` (UTF-8) or ``b64`` (arbitrary bytes)
 ``rotate``         rename the file to ``to`` and create an empty file at the path (rename rotation)
 ``rename``         rename the file to ``to`` only
+``rotate_compress`` rename rotation, then the rotated file compressed to ``to``.gz and deleted
+                   (logrotate's ``compress`` without ``delaycompress``); ``then`` as for truncate
 ``create``         create the path (empty) if it does not exist; ``mkdir``: its directory too
 ``truncate``       truncate the file to 0 in place; ``then``: text written right afterwards
 ``copytruncate``   copy the file to ``to``, then truncate it in place; ``then`` as for truncate
@@ -31,6 +33,7 @@ Commands (``op`` and its arguments):
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import os
 import random
@@ -81,6 +84,16 @@ class Writer:
     def op_rotate(self, command: Mapping[str, Any]) -> dict[str, Any]:
         self.path.rename(command["to"])
         self.path.touch()
+        self._then(command)
+        return {}
+
+    def op_rotate_compress(self, command: Mapping[str, Any]) -> dict[str, Any]:
+        rotated = Path(command["to"])
+        self.path.rename(rotated)
+        self.path.touch()
+        with rotated.open("rb") as plain, gzip.open(f"{rotated}.gz", "wb") as packed:
+            shutil.copyfileobj(plain, packed)
+        rotated.unlink()
         self._then(command)
         return {}
 

@@ -64,13 +64,17 @@ def bound_token_dir(
 class AgentProcess:
     """``python -m sidecar`` with captured JSON logs and the address of its endpoints."""
 
-    def __init__(self, env: Mapping[str, str], *, args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, env: Mapping[str, str], *, args: tuple[str, ...] = (), wrap: tuple[str, ...] = ()
+    ) -> None:
+        """``wrap``: a command that execs the agent's command line given after it (the same
+        process, e.g. ``unshare --mount ...``), so that ``pid`` and signals are the agent's."""
         self.env = dict(env)
         self.logs: list[dict[str, Any]] = []
         self.stderr = ""
         self._lock = threading.Lock()
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "sidecar", *args],
+            [*wrap, sys.executable, "-m", "sidecar", *args],
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,

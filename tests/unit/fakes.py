@@ -86,8 +86,16 @@ class Slow:
     outcome: tuple[bool, str]
 
 
-#: ``(ok, detail)`` to return, an exception to raise, ``Slow(...)`` or ``HANG``.
-Step = tuple[bool, str] | Exception | Slow | Hang
+@dataclass(frozen=True, slots=True)
+class Inconclusive:
+    """A script step: the probe is inconclusive (the check is still reading), saying ``detail``."""
+
+    detail: str
+
+
+#: ``(ok, detail)`` to return, an exception to raise, ``Slow(...)``, ``Inconclusive(...)`` or
+#: ``HANG``.
+Step = tuple[bool, str] | Exception | Slow | Inconclusive | Hang
 
 _END: Final = object()
 
@@ -130,6 +138,7 @@ class FakeCheck:
         self.probed_at: list[float] = []  # clock.monotonic() at the start of each probe
         self.cancelled = 0  # hung probes that were cancelled
         self.closed = False
+        self.forgotten: list[float] = []  # forget_before() calls
 
     def script(self, *steps: Step) -> None:
         """Replace what the next probes do."""
@@ -164,6 +173,10 @@ class FakeCheck:
                 raise
         if isinstance(step, Exception):
             raise step
+        if isinstance(step, Inconclusive):
+            return CheckResult(
+                ok=False, detail=step.detail, at=self._clock.time(), inconclusive=True
+            )
         if isinstance(step, Slow):
             await self._clock.sleep(step.seconds)
             step = step.outcome
@@ -172,6 +185,9 @@ class FakeCheck:
 
     def wakeups(self) -> _Channel | None:
         return self._channel
+
+    def forget_before(self, started_at: float) -> None:
+        self.forgotten.append(started_at)
 
     async def aclose(self) -> None:
         self.closed = True

@@ -12,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import __version__
+from sidecar import __version__, cli
 from sidecar.cli import EXIT_CONFIG, EXIT_NOT_READY, EXIT_OK, main
+from sidecar.clock import Clock
+from sidecar.model import CheckSpec
+from tests.unit.fakes import FakeCheck, Inconclusive, Step
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -128,6 +131,26 @@ def test_check_reports_a_probe_that_times_out_as_failed(
 
     assert time.monotonic() - started < 10
     assert "FAIL  exec SLOW: timed out after 0.2s" in capsys.readouterr().out.splitlines()
+
+
+def test_check_probes_a_check_that_is_still_reading_again_until_it_decides(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checks: list[FakeCheck] = []
+
+    def build(spec: CheckSpec, clock: Clock) -> FakeCheck:
+        reading = Inconclusive("still reading: 1 of 3 MiB")
+        script: list[Step] = [reading, reading, (True, "seen")]
+        checks.append(FakeCheck(spec, clock, script))
+        return checks[-1]
+
+    monkeypatch.setattr(cli, "build_check", build)
+
+    assert main(["check"], env=file_check("APP", tmp_path / "ready")) == EXIT_OK
+
+    assert len(checks[0].probed_at) == 3
+    assert checks[0].closed
+    assert "PASS  file APP: seen" in capsys.readouterr().out
 
 
 # --- configuration errors and --version ----------------------------------------------------------

@@ -907,3 +907,189 @@ def test_describe_is_json_with_patterns_as_text_and_bytes_escaped(tmp_path: Path
     assert "hunter2" not in text
     assert "s3cr3t" not in text
     assert json.loads(text) == described
+
+
+# --- the start pattern --------------------------------------------------------------------------
+
+
+def test_a_log_check_takes_a_start_pattern() -> None:
+    env = {**LOG, "CHECK_APP_START_PATTERN": r"Starting Servlet engine"}
+    check = only_check(env)
+    assert isinstance(check.params, LogParams)
+    assert check.params.start_pattern == re.compile("Starting Servlet engine")
+    [described] = cast(list[dict[str, object]], load(env).describe()["checks"])
+    assert described["start_pattern"] == "Starting Servlet engine"
+    [without] = cast(list[dict[str, object]], load(LOG).describe()["checks"])
+    assert without["start_pattern"] is None
+
+
+def test_a_bad_start_pattern_or_one_on_another_kind_is_a_problem() -> None:
+    assert problems({**LOG, "CHECK_APP_START_PATTERN": "Starting ("}) == [
+        "CHECK_APP_START_PATTERN: expected a regular expression (Python re syntax), got "
+        '"Starting (": missing ), unterminated subpattern at position 9'
+    ]
+    assert problems({**FILE, "CHECK_APP_START_PATTERN": "Starting"}) == [
+        "CHECK_APP_START_PATTERN: applies to log checks, but CHECK_APP_KIND is file"
+    ]
+
+
+# --- invisible characters -----------------------------------------------------------------------
+
+FREE_TEXT = [
+    ("CHECK_APP_PATH", LOG, "/logs/app.log"),
+    ("CHECK_APP_PATTERN", LOG, "Server startup"),
+    ("CHECK_APP_FAIL_PATTERN", LOG, "SEVERE"),
+    ("CHECK_APP_START_PATTERN", LOG, "Starting"),
+    ("CHECK_APP_PATH", FILE, "/run/app.lock"),
+    ("CHECK_APP_CONTAINS", FILE, "ok"),
+    ("CHECK_APP_URL", HTTP, "http://127.0.0.1:8080/health"),
+    ("CHECK_APP_BODY", HTTP, "status: ready"),
+    ("CHECK_APP_ADDRESS", TCP, "unix:/run/app.sock"),
+    ("CHECK_APP_SEND", TCP, r"PING\r\n"),
+    ("CHECK_APP_EXPECT", TCP, r"^\+PONG"),
+    ("CHECK_APP_COMMAND", EXEC, "/bin/check --quick"),
+    ("GATE_TOKEN_DIR", LOG, "/var/run/secrets/sa"),
+]
+INVISIBLE = [
+    ("{}\r", "ends with a carriage return (\\r, U+000D)"),
+    ("{}\u200b", "ends with a zero-width space (\\u200b, U+200B)"),
+    ("\ufeff{}", "begins with a byte-order mark (\\ufeff, U+FEFF)"),
+    ("{}\x00x", "contains a NUL character (\\x00, U+0000) as character"),
+]
+
+
+@pytest.mark.parametrize(("name", "base", "value"), FREE_TEXT, ids=[n for n, *_ in FREE_TEXT])
+@pytest.mark.parametrize(("template", "said"), INVISIBLE, ids=["cr", "zwsp", "bom", "nul"])
+def test_an_invisible_character_in_free_text_is_a_problem_that_shows_it(
+    name: str, base: dict[str, str], value: str, template: str, said: str
+) -> None:
+    if name == "CHECK_APP_COMMAND" and template == "{}\r":
+        return  # a line end after a command's words separates words: see the test below
+    [problem] = problems({**base, name: template.format(value)})
+    assert problem.startswith(f"{name}: expected ")
+    assert said in problem
+    assert "\\r" in problem if "\r" in template else True  # shown escaped, never raw
+    assert "\r" not in problem
+    assert "\u200b" not in problem
+
+
+PATHS = [f for f in FREE_TEXT if f[0].endswith(("_PATH", "_URL", "_ADDRESS", "_DIR"))]
+PATTERNS = [f for f in FREE_TEXT if f[0].endswith(("PATTERN", "_CONTAINS", "_BODY", "_EXPECT"))]
+
+
+@pytest.mark.parametrize(("name", "base", "value"), PATHS, ids=[n for n, *_ in PATHS])
+def test_whitespace_around_a_path_or_url_is_a_problem(
+    name: str, base: dict[str, str], value: str
+) -> None:
+    [trailing] = problems({**base, name: value + " "})
+    assert "ends with a space (U+0020)" in trailing
+    [leading] = problems({**base, name: "\t" + value})
+    assert "begins with a tab (\\t, U+0009)" in leading
+
+
+@pytest.mark.parametrize(("name", "base", "value"), PATTERNS, ids=[n for n, *_ in PATTERNS])
+def test_a_pattern_may_begin_or_end_with_a_plain_space_but_not_a_tab(
+    name: str, base: dict[str, str], value: str
+) -> None:
+    load({**base, name: f" {value} "})  # e.g. a banner: "^220 "
+    [problem] = problems({**base, name: value + "\t"})
+    assert "ends with a tab (\\t, U+0009)" in problem
+
+
+def test_a_banner_pattern_and_bytes_to_send_keep_their_spaces() -> None:
+    check = only_check({**TCP, "CHECK_APP_EXPECT": "^220 ", "CHECK_APP_SEND": "HELO "})
+    assert check.params == TcpParams(
+        host="db", port=5432, send=b"HELO ", expect=re.compile(b"^220 ")
+    )
+
+
+def test_the_lock_file_of_the_issue_is_refused_instead_of_passing_for_absent() -> None:
+    [problem] = problems({**FILE, "CHECK_APP_PATH": "/run/app.lock\r", "CHECK_APP_STATE": "absent"})
+    assert problem == (
+        'CHECK_APP_PATH: expected an absolute path, got "/run/app.lock\\r": it ends with a '
+        "carriage return (\\r, U+000D): remove it (a file saved with Windows line endings?)"
+    )
+
+
+def test_a_pattern_says_how_to_mean_an_invisible_character() -> None:
+    [problem] = problems({**LOG, "CHECK_APP_PATTERN": "ready\u00a0now"})
+    assert "contains a no-break space (\\xa0, U+00A0) as character 6" in problem
+    assert r"write it as an escape (\r, \t, \x20, \s, \uFEFF ...) if it is meant" in problem
+
+
+def test_spaces_inside_free_text_and_escaped_ones_are_fine() -> None:
+    check = only_check(
+        {**LOG, "CHECK_APP_PATH": "/logs/my app/catalina.out", "CHECK_APP_PATTERN": r"ready\ "}
+    )
+    assert check.params == LogParams(
+        path=Path("/logs/my app/catalina.out"), pattern=re.compile(r"ready\ ")
+    )
+
+
+def test_a_command_is_split_like_a_shell_so_line_ends_around_words_are_separators() -> None:
+    check = only_check({**EXEC, "CHECK_APP_COMMAND": "sh -c 'test -e /run/ready'\r\n"})
+    assert check.params == ExecParams(argv=("sh", "-c", "test -e /run/ready"))
+
+
+def test_words_numbers_and_choices_ignore_whitespace_around_them() -> None:
+    settings = load(
+        {
+            **LOG,
+            "CHECK_APP_KIND": "log\r",
+            "GATE_PERIOD_SECONDS": "5\r",
+            "GATE_MODE": "\u00a0any ",
+            "GATE_CONDITION_TYPE": "example.com/ready\r\n",
+        }
+    )
+    assert (settings.defaults.period, settings.mode) == (5.0, GateMode.ANY)
+    assert settings.condition_type == "example.com/ready"
+
+
+def test_a_config_file_path_with_an_invisible_character_is_a_problem(tmp_path: Path) -> None:
+    file = write_config(tmp_path, "periodSeconds: 5\n")
+    [problem] = problems({**LOG, "GATE_CONFIG_FILE": file + "\r"})
+    assert problem.startswith(f"GATE_CONFIG_FILE ({file}\r): expected the path of a YAML file")
+    assert "ends with a carriage return" in problem
+
+
+# --- duplicate keys in the config file ----------------------------------------------------------
+
+
+def test_a_key_set_twice_in_the_config_file_is_a_problem_at_any_depth(tmp_path: Path) -> None:
+    file = write_config(
+        tmp_path,
+        "periodSeconds: 5\n"
+        "checks:\n"
+        "  APP:\n"
+        "    kind: log\n"
+        "    path: /logs/a.log\n"
+        "    pattern: ready\n"
+        "    path: /logs/b.log\n"
+        "periodSeconds: 6\n",
+    )
+    assert problems({"GATE_CONFIG_FILE": file}) == [
+        f"checks.APP.path in {file}: set twice (lines 5 and 7): keep one",
+        f"periodSeconds in {file}: set twice (lines 1 and 8): keep one",
+    ]
+
+
+def test_a_check_id_set_twice_is_a_problem(tmp_path: Path) -> None:
+    file = write_config(
+        tmp_path, "checks:\n  APP: {kind: log, path: /a, pattern: x}\n  APP: {kind: tcp}\n"
+    )
+    assert f"checks.APP in {file}: set twice (lines 2 and 3): keep one" in problems(
+        {"GATE_CONFIG_FILE": file}
+    )
+
+
+def test_yaml_merge_keys_may_override_without_being_duplicates(tmp_path: Path) -> None:
+    file = write_config(
+        tmp_path,
+        "checks:\n"
+        "  APP: &base {kind: log, path: /logs/a.log, pattern: ready}\n"
+        "  B:\n"
+        "    <<: *base\n"
+        "    path: /logs/b.log\n",
+    )
+    settings = load({"GATE_CONFIG_FILE": file})
+    assert [str(c.params.path) for c in settings.checks] == ["/logs/a.log", "/logs/b.log"]  # type: ignore[union-attr]

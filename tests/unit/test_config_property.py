@@ -45,7 +45,8 @@ def any_case(word: str) -> st.SearchStrategy[str]:
     return st.sampled_from([word, word.upper(), word.capitalize()])
 
 
-printable = st.characters(categories=("L", "N", "P", "S", "Zs"))
+# Visible characters and the plain space (other spaces are refused as invisible look-alikes).
+printable = st.characters(categories=("L", "N", "P", "S"), include_characters=" ")
 literal_regexes = st.text(printable, min_size=1, max_size=20).map(re.escape)
 paths = st.from_regex(r"/[A-Za-z0-9._-]{1,12}(/[A-Za-z0-9._-]{1,12}){0,2}", fullmatch=True)
 ports = st.integers(1, 65535)

@@ -15,7 +15,16 @@ from sidecar.metrics import Metrics
 from sidecar.model import GateMode, Timing
 from sidecar.prober import Worker
 from sidecar.results import CheckState, Results
-from tests.unit.fakes import HANG, FakeCheck, FakeClock, Slow, Step, make_spec, settle
+from tests.unit.fakes import (
+    HANG,
+    FakeCheck,
+    FakeClock,
+    Inconclusive,
+    Slow,
+    Step,
+    make_spec,
+    settle,
+)
 
 SEED = 5
 PERIOD = 8.0  # with SEED, the jitter before the second probe is about 5 s: well inside the period
@@ -410,6 +419,61 @@ async def test_a_state_change_is_recorded_with_the_time_of_the_result() -> None:
     status = rig.results.checks["APP"]
     assert status.state is CheckState.READY
     assert status.changed_at == pytest.approx(rig.clock.time())
+
+
+# --- inconclusive results (a check still reading) ---------------------------------------------
+
+
+async def test_inconclusive_results_keep_a_pending_check_pending_until_it_decides() -> None:
+    script: list[Step] = [Inconclusive("reading 1 of 9 MiB"), Inconclusive("reading 5 of 9 MiB")]
+    timing = Timing(period=PERIOD, failure_threshold=1)
+    rig = Rig([*script, (True, "up")], timing=timing)
+    async with rig.running():
+        assert (rig.state(), rig.detail) == (CheckState.PENDING, "reading 1 of 9 MiB")
+        await rig.clock.advance(jitter())
+        assert (rig.state(), rig.detail) == (CheckState.PENDING, "reading 5 of 9 MiB")
+        await rig.clock.advance(PERIOD)
+        assert rig.state() is CheckState.READY
+    assert rig.metric("readiness_gate_check_results_total", result="inconclusive") == 2
+    assert rig.metric("readiness_gate_check_results_total", result="failure") is None
+    assert rig.metric("readiness_gate_check_ready") == 1
+
+
+async def test_inconclusive_results_never_fail_a_ready_check_even_with_threshold_one() -> None:
+    timing = Timing(period=PERIOD, failure_threshold=1)
+    script: list[Step] = [(True, "up"), *[Inconclusive("reading")] * 3, (False, "down")]
+    rig = Rig(script, timing=timing)
+    async with rig.running():
+        await rig.clock.advance(jitter())
+        for _ in range(2):
+            assert rig.state() is CheckState.READY
+            status = rig.results.checks["APP"]
+            assert status.last is not None
+            assert status.last.inconclusive
+            assert status.evidence is not None
+            assert status.evidence.detail == "up"  # what the gate's message shows
+            await rig.clock.advance(PERIOD)
+        await rig.clock.advance(PERIOD)
+        assert rig.state() is CheckState.NOT_READY  # the first conclusive failure decides
+
+
+async def test_an_inconclusive_result_neither_counts_nor_breaks_a_run_of_failures() -> None:
+    timing = Timing(period=PERIOD, failure_threshold=2)
+    rig = Rig([(False, "down"), Inconclusive("reading"), (False, "down")], timing=timing)
+    async with rig.running():
+        await rig.clock.advance(jitter())
+        assert rig.state() is CheckState.PENDING  # one failure of two, then nothing
+        await rig.clock.advance(PERIOD)
+        assert rig.state() is CheckState.NOT_READY
+
+
+async def test_an_inconclusive_event_probe_changes_nothing_either() -> None:
+    rig = Rig([(True, "up"), Inconclusive("reading")], events=True)
+    async with rig.running():
+        rig.check.trigger()
+        await settle()
+        assert rig.probes == 2
+        assert rig.state() is CheckState.READY
 
 
 # --- overdue -------------------------------------------------------------------------------------

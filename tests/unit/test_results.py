@@ -242,6 +242,21 @@ def test_the_failure_that_makes_a_check_not_ready_is_what_the_gate_shows() -> No
     assert results.gate("x/a").message == "file A: timed out"
 
 
+def test_an_inconclusive_result_never_becomes_what_the_gate_shows() -> None:
+    # A check still reading a big log keeps its state; its "still reading ... 5 of 900 MiB"
+    # changes on every probe and must not rewrite the condition's message each time.
+    results = two_gates()
+    results.update("A", result(ok=False, detail="pattern not seen", at=1.0), NOT_READY)
+    failed = results.gate("x/a")
+    reading = CheckResult(ok=False, detail="still reading: 5 of 900 MiB", at=2.0, inconclusive=True)
+
+    results.update("A", reading, NOT_READY)
+
+    assert results.gate("x/a") == failed
+    assert results.checks["A"].last == reading
+    assert results.checks["A"].evidence == result(ok=False, detail="pattern not seen", at=1.0)
+
+
 def test_gates_aggregate_only_their_own_checks() -> None:
     results = two_gates()
     results.update("A", result(), READY)

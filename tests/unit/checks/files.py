@@ -7,6 +7,7 @@ their own body.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -71,3 +72,32 @@ def symlink(path: Path, target: Path) -> None:
 
 def mtime(path: Path) -> float:
     return path.stat().st_mtime
+
+
+def project_files(directory: Path, files: dict[str, bytes]) -> None:
+    """Write ``files`` into ``directory`` the way the kubelet updates a projected volume.
+
+    Each version lives in a hidden timestamped directory; ``..data`` is a symlink to the current
+    one, swapped atomically with a rename; the visible names are symlinks through ``..data``.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    version = directory / f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{time.monotonic_ns()}"
+    version.mkdir()
+    for name, content in files.items():
+        (version / name).write_bytes(content)
+        (version / name).chmod(0o600)
+    old = directory / "..data"
+    previous = old.resolve() if old.is_symlink() else None
+    staging = directory / "..data_tmp"
+    staging.unlink(missing_ok=True)
+    staging.symlink_to(version.name)
+    staging.replace(old)
+    for name in files:
+        link = directory / name
+        if not link.is_symlink():
+            link.unlink(missing_ok=True)
+            link.symlink_to(f"..data/{name}")
+    if previous is not None and previous != version:
+        for leftover in previous.iterdir():
+            leftover.unlink()
+        previous.rmdir()

@@ -211,11 +211,11 @@ async def test_a_hung_evaluation_is_awaited_by_the_next_probe_not_duplicated(
     calls: list[float] = []
     real = file_check.evaluate
 
-    def slow(params: FileParams, now: float) -> tuple[bool, str]:
+    def slow(params: FileParams, now: float, not_before: float | None) -> tuple[bool, str]:
         calls.append(now)
         if len(calls) == 1:
             assert gate.wait(30)
-        return real(params, now)
+        return real(params, now, not_before)
 
     monkeypatch.setattr(file_check, "evaluate", slow)
     touch(marker)
@@ -245,3 +245,94 @@ async def test_probes_and_wakeups_leak_no_descriptor(marker: Path) -> None:
         assert (await check.probe()).ok
         await check.aclose()
     assert open_fds() == before
+
+
+# --- a new instance of the application ----------------------------------------------------------
+
+
+async def test_a_marker_older_than_the_new_instance_counts_as_not_there(tmp_path: Path) -> None:
+    marker = tmp_path / "ready"
+    touch(marker)
+    os.utime(marker, (2_000.5, 2_000.5))  # left behind by the previous instance
+    check = FileCheck(spec_for(marker), SystemClock())
+    try:
+        assert (await check.probe()).ok
+        check.forget_before(2_001.0)
+        result = await check.probe()
+        assert (result.ok, result.detail) == (
+            False,
+            f"{marker} is older than the application's current instance",
+        )
+        os.utime(marker, (2_001.3, 2_001.3))  # written by the new instance
+        assert (await check.probe()).ok
+    finally:
+        await check.aclose()
+
+
+async def test_a_marker_from_the_second_the_instance_started_in_still_counts(
+    tmp_path: Path,
+) -> None:
+    """startedAt has whole seconds: an instance started at 2001.6 is reported as 2001, and a
+    marker it wrote at 2001.7 must count; so only an mtime before the whole second is too old."""
+    marker = tmp_path / "ready"
+    touch(marker)
+    os.utime(marker, (2_001.0, 2_001.0))
+    check = FileCheck(spec_for(marker), SystemClock())
+    try:
+        check.forget_before(2_001.0)
+        assert (await check.probe()).ok
+        check.forget_before(2_001.9)  # a fraction, should a caller pass one: the same second
+        assert (await check.probe()).ok
+        check.forget_before(2_000.0)  # an older instance never undoes a newer one
+        check.forget_before(2_002.0)
+        assert not (await check.probe()).ok
+    finally:
+        await check.aclose()
+
+
+async def test_a_stale_heartbeat_is_not_renewed_by_a_restart(tmp_path: Path) -> None:
+    clock = ManualClock(now=10_000.0)
+    heartbeat = tmp_path / "heartbeat"
+    touch(heartbeat)
+    os.utime(heartbeat, (9_995.0, 9_995.0))
+    check = FileCheck(spec_for(heartbeat, max_age=30), clock)
+    try:
+        assert (await check.probe()).ok
+        check.forget_before(9_998.0)
+        assert not (await check.probe()).ok
+    finally:
+        await check.aclose()
+
+
+async def test_absent_is_unchanged_by_a_new_instance(tmp_path: Path) -> None:
+    lock = tmp_path / "app.lock"
+    touch(lock)
+    os.utime(lock, (1_000.0, 1_000.0))
+    check = FileCheck(spec_for(lock, state=FileState.ABSENT), SystemClock())
+    try:
+        check.forget_before(5_000.0)
+        result = await check.probe()
+        assert (result.ok, result.detail) == (False, f"{lock} exists")  # a lock that exists, exists
+        lock.unlink()
+        assert (await check.probe()).ok
+    finally:
+        await check.aclose()
+
+
+async def test_the_evaluation_uses_the_checks_own_thread(tmp_path: Path) -> None:
+    seen: list[str] = []
+    real = file_check.evaluate
+
+    def spy(params: FileParams, now: float, not_before: float | None) -> tuple[bool, str]:
+        seen.append(threading.current_thread().name)
+        return real(params, now, not_before)
+
+    marker = tmp_path / "ready"
+    touch(marker)
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(file_check, "evaluate", spy)
+    try:
+        assert await verdict(spec_for(marker)) == (True, f"{marker} exists")
+    finally:
+        monkey.undo()
+    assert seen == ["check-READY"]

@@ -1,9 +1,8 @@
-"""LogFollower and LinePattern on real files: rotation, truncation, replacement, odd content."""
+"""LogFollower on real files: rotation, truncation, replacement, odd content."""
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from sidecar.checks import _follow
-from sidecar.checks._follow import FollowBatch, LinePattern, LogFollower, describe_read_error
-from tests.unit.checks.files import append, open_fds
+from sidecar.checks._follow import FollowBatch, LogFollower, describe_read_error
+from tests.unit.checks.files import append, mtime, open_fds
 
 RESET = "<reset>"
 
@@ -62,9 +61,73 @@ def test_batch_text_is_the_block_of_lines_each_ending_with_newline(
 ) -> None:
     append(log, "a\nb\n")
     batch = follower.read()
-    assert batch == FollowBatch(text="a\nb\n", reset=False, missing=False, more=False)
+    assert batch == FollowBatch(
+        text="a\nb\n", reset=False, missing=False, more=False, written_before=mtime(log)
+    )
     assert batch.lines == ["a", "b"]
     assert FollowBatch().lines == []
+
+
+# --- how old the lines can be -------------------------------------------------------------------
+
+
+def test_lines_already_there_carry_the_files_mtime_and_new_lines_none(log: Path) -> None:
+    append(log, "old 1\nold 2\n")
+    os.utime(log, (1_000_000.0, 1_000_000.0))
+    with LogFollower(log, from_end=False) as follower:
+        assert [(b.lines, b.written_before) for b in drain(follower)] == [
+            (["old 1", "old 2"], 1_000_000.0)
+        ]
+        append(log, "new\n")
+        assert [(b.lines, b.written_before) for b in drain(follower)] == [(["new"], None)]
+
+
+def test_old_and_new_content_never_share_a_batch(log: Path) -> None:
+    append(log, "old 1\nold 2 unfinished")
+    os.utime(log, (1_000_000.0, 1_000_000.0))
+    with LogFollower(log, from_end=False) as follower:
+        assert [(b.lines, b.written_before) for b in drain(follower)] == [(["old 1"], 1_000_000.0)]
+        append(log, " and finished\nnew\n")  # the line was finished after the agent came
+        assert [(b.lines, b.written_before) for b in drain(follower)] == [
+            (["old 2 unfinished and finished", "new"], None)
+        ]
+
+
+def test_old_content_longer_than_a_batch_ends_its_own_batches(
+    log: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_follow, "BATCH_LIMIT", 16)
+    append(log, "".join(f"old {i}\n" for i in range(10)))
+    os.utime(log, (1_000_000.0, 1_000_000.0))
+    with LogFollower(log, from_end=False) as follower:
+        first = follower.read()
+        append(log, "new\n")
+        batches = [first, *drain(follower)]
+    old = [line for b in batches if b.written_before == 1_000_000.0 for line in b.lines]
+    new = [line for b in batches if b.written_before is None for line in b.lines]
+    assert old == [f"old {i}" for i in range(10)]
+    assert new == ["new"]
+
+
+def test_nothing_is_old_in_a_file_created_after_the_first_read(log: Path) -> None:
+    with LogFollower(log, from_end=False) as follower:
+        assert follower.read().missing
+        append(log, "line\n")
+        assert [b.written_before for b in drain(follower)] == [None]
+
+
+def test_nothing_is_old_after_a_truncation_or_with_from_end(log: Path) -> None:
+    append(log, "old\n" * 100)
+    os.utime(log, (1_000_000.0, 1_000_000.0))
+    with LogFollower(log, from_end=True) as follower:
+        assert drain(follower) == [FollowBatch()]
+        append(log, "new\n")
+        assert [(b.lines, b.written_before) for b in drain(follower)] == [(["new"], None)]
+    with LogFollower(log, from_end=False) as follower:
+        follower.read()
+        os.truncate(log, 0)
+        append(log, "after\n")
+        assert [(b.lines, b.written_before) for b in drain(follower)] == [(["after"], None)]
 
 
 def test_unfinished_last_line_is_buffered_until_its_newline(
@@ -471,82 +534,3 @@ def test_the_follower_holds_at_most_one_descriptor_and_releases_it(log: Path) ->
 def test_max_line_must_be_positive(log: Path) -> None:
     with pytest.raises(ValueError, match="max_line"):
         LogFollower(log, from_end=False, max_line=0)
-
-
-# --- LinePattern --------------------------------------------------------------------------------
-
-
-def block(*lines: str) -> str:
-    return "".join(line + "\n" for line in lines)
-
-
-def last(pattern: str, text: str, start: int = 0) -> str | None:
-    found = LinePattern(re.compile(pattern)).last_line(text, start)
-    return None if found is None else text[found[0] : found[1]]
-
-
-def test_line_pattern_finds_the_last_matching_line() -> None:
-    text = block("ready 1", "noise", "ready 2", "noise")
-    assert last("ready", text) == "ready 2"
-    assert last("absent", text) is None
-    assert last("x", "") is None
-
-
-def test_line_pattern_anchors_apply_to_each_line() -> None:
-    text = block("xx started", "started here", "also started")
-    assert last("^started", text) == "started here"
-    assert last("started$", text) == "also started"
-    assert last("^started$", text) is None
-    assert last("^$", block("a", "", "b")) == ""
-
-
-def test_line_pattern_never_matches_across_a_newline() -> None:
-    text = block("Server", "startup in 5 ms", "tail")
-    assert last(r"Server\s+startup", text) is None
-    assert last(r"Server[^x]*startup", text) is None
-    assert last(r"(?s)Server.*startup", text) is None
-    # a spanning block hit falls back to line-by-line and still finds later real matches
-    text = block("a", "b", "ab x", "c")
-    assert last(r"a\s*b", text) == "ab x"
-
-
-def test_line_pattern_with_lookarounds_and_string_anchors_is_matched_per_line() -> None:
-    text = block("done ok", "done", "other")
-    assert last(r"done(?!\s)", text) == "done"
-    assert last(r"\Adone\Z", text) == "done"
-    assert last(r"(?<=done )ok", text) == "done ok"
-
-
-def test_line_pattern_respects_the_start_offset() -> None:
-    text = block("ready", "fail", "noise")
-    assert last("ready", text, start=len("ready\n")) is None
-    assert last("noise", text, start=len("ready\n")) == "noise"
-
-
-def test_line_pattern_finds_an_early_match_in_a_large_block() -> None:
-    lines = ["ready at the start"] + [f"noise {i}" for i in range(100_000)]
-    text = block(*lines)
-    assert last("ready", text) == "ready at the start"
-    assert last("noise 5$", text) == "noise 5"
-    assert last("^noise", text) == "noise 99999"
-
-
-def test_line_pattern_agrees_with_a_per_line_search_on_awkward_patterns() -> None:
-    lines = ["", "a", "ab", " b", "b a", "aaa", "x\ty", "a b", "\x0bvt", "end"]
-    text = block(*lines)
-    for pattern in [
-        r"a",
-        r"^a",
-        r"b$",
-        r"a\s",
-        r"\s",
-        r"\s*",
-        r"a|^b",
-        r"\bb",
-        r"(a)\1",
-        r"$",
-        r".",
-    ]:
-        compiled = re.compile(pattern)
-        expected = next((line for line in reversed(lines) if compiled.search(line)), None)
-        assert last(pattern, text) == expected, pattern

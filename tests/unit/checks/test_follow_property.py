@@ -25,6 +25,9 @@ The model of what the reader must see (``Model.read``), with ``follow`` the file
 
     So every complete line written is seen exactly once and in order, except the lines a
     truncation removed before they were read; a rename is never a reset; a deletion always is.
+    (RESET marks where the read position went back to the start of a file: the follower reports
+    it for diagnostics; the log check keeps its state across it, see
+    ``tests/faults/test_log_check_property.py``.)
 
 Limits of the test, which are limits of any follower that keeps one file open: between two reads
 at most one "structural" change happens (a file created, renamed, truncated, replaced or deleted);

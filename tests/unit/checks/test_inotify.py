@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from sidecar.checks import _inotify
-from sidecar.checks._inotify import DirectoryWatch, PathWakeups, stat_key
-from tests.unit.checks.files import open_fds, wait_for_wakeup
+from sidecar.checks._inotify import PathWakeups, PathWatch, WatchPoint, stat_key, watch_points
+from tests.unit.checks.files import open_fds, project_files, wait_for_wakeup
 
 SLOW = 30.0  # a poll interval long enough that only inotify can explain a quick wake-up
 
@@ -114,24 +114,95 @@ def test_stat_key_tells_missing_from_present_and_changed(tmp_path: Path) -> None
     assert stat_key(path) != first
 
 
+def event(wd: int, mask: int, name: bytes = b"") -> bytes:
+    padded = name + b"\0" * (16 - len(name)) if name else b""
+    return struct.pack("iIII", wd, mask, 0, len(padded)) + padded
+
+
+def adopted(watch: PathWatch, watches: dict[int, frozenset[bytes]]) -> PathWatch:
+    """``watch`` as if ``watches`` had been added (without a descriptor)."""
+    watch._watches = dict(watches)
+    watch._stale = False
+    return watch
+
+
+def stale(watch: PathWatch) -> bool:
+    """Whether the watches must be computed again on the next poll."""
+    return watch._stale
+
+
 def test_queue_overflow_and_events_on_the_directory_itself_wake(tmp_path: Path) -> None:
     woken: list[bool] = []
-    watch = DirectoryWatch(tmp_path / "app.log", lambda: woken.append(True))
-
-    def event(wd: int, mask: int, name: bytes = b"") -> bytes:
-        padded = name + b"\0" * (16 - len(name)) if name else b""
-        return struct.pack("iIII", wd, mask, 0, len(padded)) + padded
-
-    watch._wd = 1
+    watch = adopted(
+        PathWatch(tmp_path / "app.log", lambda: woken.append(True)), {1: frozenset({b"app.log"})}
+    )
     assert not watch._parse(event(1, _inotify.IN_MODIFY, b"other.log"))
     assert watch._parse(event(1, _inotify.IN_MODIFY, b"app.log"))
+    assert not stale(watch)  # a write does not change what the path resolves to
     assert watch._parse(event(-1, _inotify.IN_Q_OVERFLOW))
     assert watch._parse(event(1, _inotify.IN_ATTRIB))
     assert watch._parse(event(1, _inotify.IN_IGNORED))
-    assert watch.needs_watch  # the directory is gone: watched again on a later poll
+    assert stale(watch)  # the directory is gone: watched again on a later poll
     assert not watch._parse(event(1, _inotify.IN_MODIFY, b"app.log"))  # from the dropped watch
     assert watch._parse(event(2, _inotify.IN_MODIFY, b"app.log"))  # a watch not adopted yet
     watch.close()
+
+
+def test_a_created_or_renamed_name_makes_the_watches_stale(tmp_path: Path) -> None:
+    watch = adopted(
+        PathWatch(tmp_path / "app.log", lambda: None), {1: frozenset({b"..data", b"app.log"})}
+    )
+    assert watch._parse(event(1, _inotify.IN_MOVED_TO, b"..data"))  # a ConfigMap's ..data swap
+    assert stale(watch)
+    watch = adopted(watch, {1: frozenset({b"app.log"})})
+    assert watch._parse(event(1, _inotify.IN_CREATE, b"app.log"))
+    assert stale(watch)
+    watch.close()
+
+
+# --- what to watch ------------------------------------------------------------------------------
+
+
+def test_a_plain_path_is_watched_in_its_directory(tmp_path: Path) -> None:
+    path = tmp_path / "app.log"
+    assert watch_points(path) == (WatchPoint(tmp_path, frozenset({b"app.log"})),)
+    path.write_text("x")
+    assert watch_points(path) == (WatchPoint(tmp_path, frozenset({b"app.log"})),)
+
+
+def test_a_missing_directory_has_nothing_to_watch(tmp_path: Path) -> None:
+    assert watch_points(tmp_path / "missing" / "app.log") is None
+
+
+def test_a_link_into_another_directory_watches_both_directories(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "catalina.out").write_text("x")
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "app.log").symlink_to("../real/catalina.out")
+    assert watch_points(tmp_path / "logs" / "app.log") == (
+        WatchPoint(tmp_path / "logs", frozenset({b"app.log"})),
+        WatchPoint(tmp_path / "real", frozenset({b"catalina.out"})),
+    )
+
+
+def test_a_configmap_style_data_link_watches_the_link_and_the_current_version(
+    tmp_path: Path,
+) -> None:
+    version = tmp_path / "..2026_01_01_00_00_00.1"
+    version.mkdir()
+    (version / "app.log").write_text("x")
+    (tmp_path / "..data").symlink_to(version.name)
+    (tmp_path / "app.log").symlink_to("..data/app.log")
+    assert watch_points(tmp_path / "app.log") == (
+        WatchPoint(tmp_path, frozenset({b"app.log", b"..data"})),
+        WatchPoint(version, frozenset({b"app.log"})),
+    )
+
+
+def test_a_link_loop_has_nothing_to_watch(tmp_path: Path) -> None:
+    (tmp_path / "a").symlink_to("b")
+    (tmp_path / "b").symlink_to("a")
+    assert watch_points(tmp_path / "a") is None
 
 
 # --- PathWakeups --------------------------------------------------------------------------------
@@ -384,4 +455,76 @@ async def test_a_steady_stream_of_writes_wakes_at_most_every_min_gap(tmp_path: P
     finally:
         stop.set()
         await writing
+        await wakeups.aclose()
+
+
+# --- symbolic links -----------------------------------------------------------------------------
+
+
+async def test_a_write_to_the_target_of_a_link_into_another_directory_wakes(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "catalina.out"
+    target.write_text("x\n")
+    (tmp_path / "logs").mkdir()
+    path = tmp_path / "logs" / "app.log"
+    path.symlink_to(target)
+    wakeups = PathWakeups(path, SLOW)
+    try:
+        task = await started(wakeups)
+        assert wakeups.watched_directories == (tmp_path / "logs", tmp_path / "real")
+        with target.open("a") as out:
+            out.write("appended to the real file\n")
+        await asyncio.wait_for(task, 5)  # only inotify can wake this fast (SLOW polling)
+    finally:
+        await wakeups.aclose()
+
+
+async def test_a_re_pointed_link_is_followed_to_its_new_directory(tmp_path: Path) -> None:
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "app.log").write_text(f"{name}\n")
+    path = tmp_path / "app.log"
+    path.symlink_to(tmp_path / "one" / "app.log")
+    wakeups = PathWakeups(path, SLOW)
+    try:
+        task = await started(wakeups)
+        staging = tmp_path / "app.log.tmp"
+        staging.symlink_to(tmp_path / "two" / "app.log")
+        staging.replace(path)  # re-pointed atomically
+        await asyncio.wait_for(task, 5)
+        task = await started(wakeups)
+        assert wakeups.watched_directories == (tmp_path, tmp_path / "two")
+        assert not wakeups._event.is_set()  # no wake-up pending: the next one is the write's
+        assert not task.done()
+        with (tmp_path / "two" / "app.log").open("a") as out:
+            out.write("written to the new target\n")
+        await asyncio.wait_for(task, 5)
+    finally:
+        await wakeups.aclose()
+
+
+async def test_a_configmap_style_swap_wakes_and_the_new_version_keeps_waking(
+    tmp_path: Path,
+) -> None:
+    project_files(tmp_path, {"app.log": b"first\n"})
+    path = tmp_path / "app.log"
+    wakeups = PathWakeups(path, SLOW)
+    try:
+        task = await started(wakeups)
+        first = (tmp_path / "..data").resolve()
+        assert wakeups.watched_directories == (tmp_path, first)  # the volume, its version
+        project_files(tmp_path, {"app.log": b"second\n"})
+        await asyncio.wait_for(task, 5)
+        task = await started(wakeups)
+        second = (tmp_path / "..data").resolve()
+        assert second != first
+        assert wakeups.watched_directories == (tmp_path, second)
+        assert not wakeups._event.is_set()  # no wake-up pending: the next one is the write's
+        assert not task.done()
+        with path.open("a") as out:  # through the links: the new version's file
+            out.write("appended\n")
+        await asyncio.wait_for(task, 5)
+    finally:
         await wakeups.aclose()

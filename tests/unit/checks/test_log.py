@@ -1,4 +1,5 @@
-"""LogCheck on real files: latest match wins, resets, expiry, wake-ups, cancellation, no leaks."""
+"""LogCheck on real files: latest match wins, rotation, restarts, age, catch-up, wake-ups,
+cancellation, no leaks."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import pytest
 
 from sidecar.checks import _follow, _inotify
 from sidecar.checks._follow import FollowBatch, LogFollower
-from sidecar.checks.log import LogCheck, MatchKind
+from sidecar.checks._match import Found, Scanner
+from sidecar.checks.log import INLINE_LIMIT, PATIENCE, LogCheck, MatchKind
 from sidecar.clock import SystemClock
 from sidecar.metrics import Metrics
 from sidecar.model import (
@@ -48,19 +50,22 @@ def spec_for(
     pattern: str = READY,
     *,
     fail: str | None = None,
+    start_pattern: str | None = None,
     max_age: float | None = None,
     start: LogStart = LogStart.START,
     period: float = 2.0,
+    timeout: float = 1.0,
 ) -> CheckSpec:
     return CheckSpec(
         id="APP",
         kind=CheckKind.LOG,
         gate=None,
-        timing=Timing(period=period),
+        timing=Timing(period=period, timeout=timeout),
         params=LogParams(
             path=path,
             pattern=re.compile(pattern),
             fail_pattern=None if fail is None else re.compile(fail),
+            start_pattern=None if start_pattern is None else re.compile(start_pattern),
             max_age=max_age,
             start=start,
         ),
@@ -218,7 +223,7 @@ def test_the_check_needs_log_params(log: Path) -> None:
         LogCheck(spec, SystemClock())
 
 
-# --- where to start, resets and rotation --------------------------------------------------------
+# --- where to start, and rotation --------------------------------------------------------------
 
 
 async def test_start_end_ignores_a_ready_line_from_a_previous_run(log: Path) -> None:
@@ -232,54 +237,111 @@ async def test_start_end_ignores_a_ready_line_from_a_previous_run(log: Path) -> 
         await check.aclose()
 
 
-async def test_truncation_clears_the_state_until_the_pattern_appears_again(log: Path) -> None:
+async def test_truncation_keeps_the_state_and_reads_the_new_content_from_its_start(
+    log: Path,
+) -> None:
     append(log, "Server startup in 1 ms\n")
-    check = LogCheck(spec_for(log), SystemClock())
+    check = LogCheck(spec_for(log, fail="SEVERE"), SystemClock())
     try:
         assert (await check.probe()).ok
-        write(log, "restarting\n")
-        assert await verdict(check) == (False, f'pattern "{READY}" not seen in {log}')
-        append(log, "Server startup in 2 ms\n")
-        assert (await check.probe()).ok
+        write(log, "rotated\n")
+        assert await verdict(check) == (True, f'pattern "{READY}" seen in {log}')
+        write(log, "SEVERE: broken\n")  # shorter than before: read from its start
+        assert await verdict(check) == (False, f'fail pattern "SEVERE" seen in {log}')
     finally:
         await check.aclose()
 
 
-async def test_copytruncate_clears_the_state(log: Path) -> None:
+async def test_copytruncate_keeps_the_state(log: Path) -> None:
     append(log, "Server startup in 1 ms\n")
-    check = LogCheck(spec_for(log), SystemClock())
+    check = LogCheck(spec_for(log, fail="SEVERE"), SystemClock())
     try:
         assert (await check.probe()).ok
         shutil.copyfile(log, log.with_suffix(".log.1"))
         os.truncate(log, 0)
-        append(log, "a much longer line written by the restarted application\n")
+        append(log, "a much longer line written after the rotation, still the same instance\n")
+        assert (await check.probe()).ok
+        shutil.copyfile(log, log.with_suffix(".log.1"))
+        os.truncate(log, 0)
+        append(log, "SEVERE: a fail line in the new content, far before the old offset\n")
         assert not (await check.probe()).ok
     finally:
         await check.aclose()
 
 
-async def test_delete_and_recreate_clears_the_state(log: Path) -> None:
+async def test_delete_and_recreate_keeps_the_state_also_while_the_file_is_missing(
+    log: Path,
+) -> None:
     append(log, "Server startup in 1 ms\n")
-    check = LogCheck(spec_for(log), SystemClock())
+    check = LogCheck(spec_for(log, fail="SEVERE"), SystemClock())
     try:
         assert (await check.probe()).ok
         unlink(log)
-        assert await verdict(check) == (False, f"{log} does not exist yet")
-        append(log, "starting again\n")
-        assert await verdict(check) == (False, f'pattern "{READY}" not seen in {log}')
+        assert await verdict(check) == (True, f'pattern "{READY}" seen in {log}')
+        append(log, "reopened by the application\n")
+        assert await verdict(check) == (True, f'pattern "{READY}" seen in {log}')
+        unlink(log)
+        append(log, "SEVERE: read from the start of the new file\n")
+        assert not (await check.probe()).ok
     finally:
         await check.aclose()
 
 
-async def test_lines_of_a_deleted_file_count_before_the_reset(log: Path) -> None:
+async def test_rename_and_compress_seen_only_by_polling_keeps_the_state(log: Path) -> None:
+    """logrotate without delaycompress: renamed, a new file created, the rotated file compressed
+    (deleted) before the check looks again: the old inode is gone."""
+    append(log, "Server startup in 1 ms\n")
+    check = LogCheck(spec_for(log), SystemClock())
+    try:
+        assert (await check.probe()).ok
+        rename(log, log.with_suffix(".log.1"))
+        append(log, "first line of the new file\n")
+        unlink(log.with_suffix(".log.1"))
+        assert await verdict(check) == (True, f'pattern "{READY}" seen in {log}')
+    finally:
+        await check.aclose()
+
+
+async def test_a_re_pointed_link_is_followed_to_its_new_file_from_its_start(
+    tmp_path: Path,
+) -> None:
+    first, second = tmp_path / "a" / "catalina.out", tmp_path / "b" / "catalina.out"
+    for target, text in ((first, "Server startup in 1 ms\n"), (second, "SEVERE: boom\n")):
+        target.parent.mkdir()
+        append(target, text)
+    link = tmp_path / "app.log"
+    link.symlink_to(first)
+    check = LogCheck(spec_for(link, fail="SEVERE"), SystemClock())
+    try:
+        assert (await check.probe()).ok
+        staging = tmp_path / "app.log.new"
+        staging.symlink_to(second)
+        staging.replace(link)
+        assert await verdict(check) == (False, f'fail pattern "SEVERE" seen in {link}')
+    finally:
+        await check.aclose()
+
+
+async def test_a_missing_file_without_any_match_does_not_exist_yet(log: Path) -> None:
+    append(log, "starting\n")
+    check = LogCheck(spec_for(log), SystemClock())
+    try:
+        assert await verdict(check) == (False, f'pattern "{READY}" not seen in {log}')
+        unlink(log)
+        assert await verdict(check) == (False, f"{log} does not exist yet")
+    finally:
+        await check.aclose()
+
+
+async def test_lines_of_a_deleted_file_are_read_to_its_end_before_the_new_file(log: Path) -> None:
     append(log, "starting\n")
     check = LogCheck(spec_for(log, fail="SEVERE"), SystemClock())
     try:
         assert not (await check.probe()).ok
         append(log, "Server startup in 1 ms\n")
         unlink(log)
-        append(log, "SEVERE in the new file? no: this is noise\n")
-        # old file: ready (drained first); new file: reset, then a fail line
+        append(log, "SEVERE in the new file\n")
+        # old file: ready (drained first); new file: then a fail line
         result = await check.probe()
         assert result.detail == f'fail pattern "SEVERE" seen in {log}'
     finally:
@@ -311,6 +373,114 @@ async def test_a_big_backlog_is_drained_in_one_probe(
     append(log, "".join(f"noise line {i}\n" for i in range(50_000)) + "Server startup in 7 ms\n")
     check = LogCheck(spec_for(log), SystemClock())
     try:
+        assert (await check.probe()).ok
+    finally:
+        await check.aclose()
+
+
+# --- restarts: the start pattern and forget_before -------------------------------------------
+
+STARTING = "Starting Servlet engine"
+SINCE = f'pattern "{READY}" not seen in {{log}} since the application started'
+
+
+async def test_a_start_line_forgets_the_match_until_the_pattern_appears_again(log: Path) -> None:
+    append(log, f"{STARTING}\nServer startup in 1 ms\n")
+    check = LogCheck(spec_for(log, fail="SEVERE", start_pattern=STARTING), SystemClock())
+    try:
+        assert (await check.probe()).ok  # the ready line comes after the start line
+        append(log, f"{STARTING} again\nInitializing\n")
+        assert await verdict(check) == (False, SINCE.format(log=log))
+        append(log, "Server startup in 2 ms\n")
+        assert (await check.probe()).ok
+        append(log, "SEVERE: broken\n")
+        assert not (await check.probe()).ok
+        append(log, f"{STARTING}\n")  # a start line forgets a fail match too
+        assert await verdict(check) == (False, SINCE.format(log=log))
+    finally:
+        await check.aclose()
+
+
+async def test_a_line_matching_the_start_and_the_ready_pattern_is_ready(log: Path) -> None:
+    append(log, "SEVERE: old instance died\n")
+    spec = spec_for(log, "started", fail="SEVERE", start_pattern="Server")
+    check = LogCheck(spec, SystemClock())
+    try:
+        assert not (await check.probe()).ok
+        append(log, "Server started\n")
+        assert (await check.probe()).ok
+    finally:
+        await check.aclose()
+
+
+async def test_a_start_line_in_the_same_read_as_the_ready_line_before_it_wins(log: Path) -> None:
+    check = LogCheck(spec_for(log, start_pattern=STARTING), SystemClock())
+    try:
+        append(log, f"Server startup in 1 ms\n{STARTING}\nnoise\n")
+        assert await verdict(check) == (False, SINCE.format(log=log))
+    finally:
+        await check.aclose()
+
+
+async def test_forget_before_drops_a_match_read_before_the_new_instance_started(
+    log: Path,
+) -> None:
+    clock = ManualClock(now=2_000.5)
+    append(log, "Server startup in 1 ms\n")
+    check = LogCheck(spec_for(log), clock)
+    try:
+        await check.probe()  # read at 2000.5
+        clock.now = 2_003.2
+        check.forget_before(2_002.0)  # whole seconds, as startedAt
+        assert await verdict(check) == (False, SINCE.format(log=log))
+        append(log, "Server startup in 2 ms\n")  # the new instance's line, read at 2003.2
+        assert (await check.probe()).ok
+    finally:
+        await check.aclose()
+
+
+async def test_forget_before_keeps_what_the_new_instance_wrote_before_the_agent_was_told(
+    log: Path,
+) -> None:
+    """startedAt has whole seconds: an instance that started at 2002.7 is reported as 2002. A
+    ready line it wrote at 2002.9, read at once, counts whenever forget_before comes."""
+    clock = ManualClock(now=2_002.9)
+    append(log, "Server startup in 1 ms\n")
+    check = LogCheck(spec_for(log, start=LogStart.END), clock)
+    try:
+        await check.probe()
+        append(log, "Server startup in 2 ms\n")
+        assert (await check.probe()).ok  # read at 2002.9
+        clock.now = 2_003.5
+        check.forget_before(2_002.0)
+        assert (await check.probe()).ok
+        check.forget_before(2_002.999)  # same whole second: nothing more is dropped
+        assert (await check.probe()).ok
+    finally:
+        await check.aclose()
+
+
+async def test_forget_before_also_drops_old_content_read_later(log: Path) -> None:
+    clock = ManualClock(now=5_000.0)
+    append(log, "Server startup in 1 ms\n")
+    os.utime(log, (3_000.0, 3_000.0))  # written long before the instance started
+    check = LogCheck(spec_for(log), clock)
+    try:
+        check.forget_before(4_000.0)  # told before the first read
+        assert await verdict(check) == (False, SINCE.format(log=log))
+    finally:
+        await check.aclose()
+
+
+async def test_forget_before_keeps_old_content_that_may_be_the_new_instances(log: Path) -> None:
+    """An agent restart while the app keeps running: the file's mtime is after the instance's
+    start, so its ready line may be the instance's own: it counts."""
+    clock = ManualClock(now=5_000.0)
+    append(log, "Server startup in 1 ms\n")
+    os.utime(log, (4_500.0, 4_500.0))
+    check = LogCheck(spec_for(log), clock)
+    try:
+        check.forget_before(4_000.0)
         assert (await check.probe()).ok
     finally:
         await check.aclose()
@@ -351,6 +521,41 @@ async def test_max_age_does_not_apply_to_a_fail_match(log: Path) -> None:
         await check.aclose()
 
 
+async def test_an_old_heartbeat_in_a_file_the_agent_finds_is_as_old_as_the_file(
+    log: Path,
+) -> None:
+    clock = ManualClock(now=1_700_000_000.0)
+    append(log, "HEARTBEAT\n")
+    three_hours_ago = clock.now - 3 * 3600
+    os.utime(log, (three_hours_ago, three_hours_ago))
+    check = LogCheck(spec_for(log, "HEARTBEAT", max_age=10), clock)
+    try:
+        assert await verdict(check) == (
+            False,
+            f'pattern "HEARTBEAT" not seen in {log} for more than 10s',
+        )
+        assert check.match is not None
+        assert check.match.seen_at == three_hours_ago
+        append(log, "HEARTBEAT\n")  # written now: as old as when it was read
+        assert (await check.probe()).ok
+        assert check.match.seen_at == clock.now
+    finally:
+        await check.aclose()
+
+
+async def test_a_recent_heartbeat_in_a_file_the_agent_finds_is_fresh(log: Path) -> None:
+    clock = ManualClock(now=1_700_000_000.0)
+    append(log, "HEARTBEAT\n")
+    os.utime(log, (clock.now - 4, clock.now - 4))
+    check = LogCheck(spec_for(log, "HEARTBEAT", max_age=10), clock)
+    try:
+        assert (await check.probe()).ok
+        clock.now += 6.5
+        assert not (await check.probe()).ok  # 10.5 s after the file was last written
+    finally:
+        await check.aclose()
+
+
 # --- wake-ups -----------------------------------------------------------------------------------
 
 
@@ -358,6 +563,7 @@ async def test_a_ready_line_wakes_the_prober_within_a_second(log: Path) -> None:
     append(log, "starting\n")
     check = LogCheck(spec_for(log, period=10.0), SystemClock())
     wakeups = check.wakeups()
+    assert wakeups is not None
     try:
         assert not (await check.probe()).ok
         task = asyncio.create_task(wait_for_wakeup(wakeups))
@@ -375,6 +581,7 @@ async def test_aclose_ends_the_wakeups_and_releases_descriptors(log: Path) -> No
     before = open_fds()
     check = LogCheck(spec_for(log), SystemClock())
     wakeups = check.wakeups()
+    assert wakeups is not None
     task = asyncio.create_task(wait_for_wakeup(wakeups))
     await asyncio.sleep(0.2)
     append(log, "Server startup in 1 ms\n")
@@ -505,6 +712,7 @@ async def test_without_inotify_the_stat_poll_still_wakes_the_prober(log: Path) -
     append(log, "starting\n")
     check = LogCheck(spec_for(log, period=0.2), SystemClock())  # polls every 0.2 s
     wakeups = check.wakeups()
+    assert wakeups is not None
     try:
         task = asyncio.create_task(wait_for_wakeup(wakeups))
         await asyncio.sleep(0.3)
@@ -519,7 +727,7 @@ async def test_a_change_inotify_never_reports_is_seen_by_the_next_periodic_probe
     log: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A network volume: the watch is added, but no event ever arrives.
-    monkeypatch.setattr(_inotify.DirectoryWatch, "_parse", lambda self, data: False)
+    monkeypatch.setattr(_inotify.PathWatch, "_parse", lambda self, data: False)
     append(log, "starting\n")
     spec = spec_for(log, period=0.3)
     check = LogCheck(spec, SystemClock())
@@ -540,3 +748,93 @@ async def test_a_change_inotify_never_reports_is_seen_by_the_next_periodic_probe
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await check.aclose()
+
+
+# --- big logs: catching up is pending, not failing -----------------------------------------------
+
+
+async def test_a_probe_during_a_long_catch_up_is_inconclusive_and_names_the_progress(
+    log: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_follow, "BATCH_LIMIT", 64 * 1024)
+    reads = GatedReads(monkeypatch, frozenset({2}))  # the second batch takes "long"
+    append(log, "noise line\n" * 200_000 + "Server startup in 7 ms\n")
+    check = LogCheck(spec_for(log, timeout=1.0), SystemClock())
+    try:
+        result = await check.probe()  # one batch applied, then the drain waits
+        assert result.inconclusive
+        assert not result.ok
+        assert result.detail == f"still reading {log}: 0 of 2 MiB"
+        assert result.duration >= PATIENCE * 1.0 - 0.05
+        reads.gate.set()
+        result = await check.probe()
+        assert (result.ok, result.inconclusive) == (True, False)
+        assert reads.most_running == 1
+    finally:
+        reads.gate.set()
+        await check.aclose()
+
+
+async def test_a_read_that_makes_no_progress_is_left_to_the_probe_timeout(
+    log: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = GatedReads(monkeypatch, frozenset({1}))  # a hung volume: the first read never ends
+    append(log, "Server startup in 7 ms\n")
+    check = LogCheck(spec_for(log, timeout=0.25), SystemClock())
+    try:
+        with pytest.raises(TimeoutError):  # what the prober turns into "timed out after 0.25s"
+            await asyncio.wait_for(check.probe(), 0.6)
+        reads.gate.set()
+        assert (await check.probe()).ok
+    finally:
+        reads.gate.set()
+        await check.aclose()
+
+
+async def test_big_batches_are_matched_off_the_event_loop_and_small_ones_in_it(
+    log: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[str] = []
+    real = Scanner.scan
+
+    def scan(self: Scanner, text: str) -> Found | None:
+        threads.append(threading.current_thread().name)
+        return real(self, text)
+
+    monkeypatch.setattr(Scanner, "scan", scan)
+    append(log, "noise line\n" * (INLINE_LIMIT // 10))  # more than INLINE_LIMIT characters
+    check = LogCheck(spec_for(log), SystemClock())
+    try:
+        await check.probe()
+        append(log, "Server startup in 1 ms\n")
+        assert (await check.probe()).ok
+    finally:
+        await check.aclose()
+    assert threads == ["check-APP", threading.main_thread().name]
+
+
+async def test_reads_use_the_checks_own_thread_not_the_default_executor(log: Path) -> None:
+    loop = asyncio.get_running_loop()
+    used: list[object] = []
+    original = loop.run_in_executor
+
+    def spy(executor: object, *args: object) -> asyncio.Future[object]:
+        used.append(executor)
+        return original(executor, *args)  # type: ignore[arg-type]
+
+    append(log, "Server startup in 1 ms\n")
+    check = LogCheck(spec_for(log), SystemClock())
+    wakeups = check.wakeups()
+    assert wakeups is not None
+    try:
+        loop.run_in_executor = spy  # type: ignore[method-assign,assignment]
+        task = asyncio.create_task(wait_for_wakeup(wakeups))
+        assert (await check.probe()).ok
+        await asyncio.sleep(0.1)  # the wake-ups set up their watch
+        append(log, "more\n")
+        await asyncio.wait_for(task, 5)
+        assert (await check.probe()).ok
+    finally:
+        del loop.run_in_executor
+        await check.aclose()
+    assert used == []
