@@ -5,7 +5,7 @@ Configurations, all measured in the same run, each with its own Pods:
 
 ``agent``
     The agent as shipped: event-driven log and file checks; tcp and http checks probe on their
-    fast period (0.1 s, 0.2 s) while not ready, and on ``GATE_PERIOD_SECONDS`` (default 2) once
+    fast period (0.1 s, 0.15 s) while not ready, and on ``GATE_PERIOD_SECONDS`` (default 2) once
     ready.
 ``periodic-1s``, ``periodic-10s``
     The agent with ``GATE_EVENT_DRIVEN=false``, ``GATE_FAST_PERIOD_SECONDS=0`` at

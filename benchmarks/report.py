@@ -404,7 +404,7 @@ def waiting_rows(idle: JSON) -> list[JSON]:
                 f"{data['wait_seconds']:g} s",
                 result,
                 baseline=baseline,
-                target=f"≤ {limit:g} connections/s (one per fast period, never more)",
+                target=f"≤ {limit:.3g} connections/s (one per fast period, never more)",
                 verdict=_verdict(bounded),
                 figures=figures,
             )

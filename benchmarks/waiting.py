@@ -1,6 +1,6 @@
 """Part of 2./3. (the ``idle`` section): what a tcp or http check costs while it waits for its app.
 
-A tcp or http check that is not ready probes on its fast period (0.1 s, 0.2 s by default) until it
+A tcp or http check that is not ready probes on its fast period (0.1 s, 0.15 s by default) until it
 finds a success. Each scenario is one agent with one check at its defaults, on its own Pod, waiting
 ``wait`` seconds (60 in the full run) for an application that is not ready yet, which then
 becomes ready:

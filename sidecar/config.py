@@ -14,8 +14,8 @@ Variables, with their defaults:
     GATE_SUCCESS_THRESHOLD, GATE_FAILURE_THRESHOLD
                               probe timing, as in a readinessProbe               [0, 2, 1, 1, 3]
     GATE_FAST_PERIOD_SECONDS  tcp and http checks that have not found their first success
-                              also probe this often (end of one probe to start of the
-                              next); 0 = off; must be shorter than the period    [tcp 0.1, http 0.2]
+                              also probe this often (end of one probe to start of the next);
+                              0 = off; must be shorter than the period     [tcp 0.1, http 0.15]
     GATE_HTTP_ADDRESS         host:port, [v6]:port or :port of the HTTP endpoints       [:9779]
     GATE_RESYNC_SECONDS       rewrite the condition this often; 0 = never                 [300]
     GATE_WRITE                true | false: write the condition at all                   [true]
@@ -108,7 +108,7 @@ _TIMING_SUFFIXES = (
 
 _FAST_PERIOD = "FAST_PERIOD_SECONDS"
 #: The kinds that probe fast while not ready, and their fast period unless one is set.
-FAST_PERIODS: Mapping[CheckKind, float] = {CheckKind.TCP: 0.1, CheckKind.HTTP: 0.2}
+FAST_PERIODS: Mapping[CheckKind, float] = {CheckKind.TCP: 0.1, CheckKind.HTTP: 0.15}
 
 # The suffixes of the valid GATE_<SUFFIX> and CHECK_<ID>_<SUFFIX> names.
 SETTINGS = (

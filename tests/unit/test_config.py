@@ -172,7 +172,7 @@ def test_check_timing_is_merged_over_the_defaults() -> None:
 
 @pytest.mark.parametrize(
     ("env", "fast"),
-    [(TCP, 0.1), (HTTP, 0.2), (LOG, 0.0), (FILE, 0.0), (EXEC, 0.0)],
+    [(TCP, 0.1), (HTTP, 0.15), (LOG, 0.0), (FILE, 0.0), (EXEC, 0.0)],
     ids=["tcp", "http", "log", "file", "exec"],
 )
 def test_tcp_and_http_checks_probe_fast_by_default_and_the_other_kinds_never(
@@ -210,8 +210,8 @@ def test_the_builtin_fast_period_yields_to_a_period_that_is_as_short() -> None:
 
     assert only_check(env).timing.fast_period == 0.0
     http = {**HTTP, "CHECK_APP_PERIOD_SECONDS": "0.3", "CHECK_APP_TIMEOUT_SECONDS": "0.2"}
-    assert only_check(http).timing.fast_period == 0.2
-    http = {**HTTP, "CHECK_APP_PERIOD_SECONDS": "0.2", "CHECK_APP_TIMEOUT_SECONDS": "0.1"}
+    assert only_check(http).timing.fast_period == 0.15
+    http = {**HTTP, "CHECK_APP_PERIOD_SECONDS": "0.15", "CHECK_APP_TIMEOUT_SECONDS": "0.1"}
     assert only_check(http).timing.fast_period == 0.0
 
 
