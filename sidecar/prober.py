@@ -7,11 +7,12 @@ counts towards the thresholds only when it brings new evidence (a different ``(o
 busy log file cannot satisfy a success threshold of 3 within a millisecond.
 
 Checks with a fast period (tcp, http) also probe fast while they look for their first success: not
-ready, and the last counted result a failure (or none yet). A fast probe starts one fast period
-after the previous probe ended, so probes never overlap and a slow one delays the next instead of
-causing a burst. It counts only when it succeeds: failures count on the period alone, so
-``failure_threshold`` keeps its kubelet meaning. After a fast success the periodic schedule
-restarts from it, so further successes towards ``success_threshold`` are a full period apart.
+ready, and the last counted result a failure (or none yet). Meanwhile every probe, the periodic one
+too, starts one fast period after the previous probe ended: probes never overlap, a slow one delays
+the next instead of causing a burst, and there is at most one probe per fast period. A fast probe
+counts only when it succeeds: failures count on the period alone, so ``failure_threshold`` keeps
+its kubelet meaning. After a fast success the periodic schedule restarts from it, so further
+successes towards ``success_threshold`` are a full period apart.
 """
 
 from __future__ import annotations
@@ -134,8 +135,11 @@ class Worker:
         return self.last_probe_at + fast
 
     async def _wait(self, due: float, fast_due: float | None) -> Trigger:
-        """Sleep until the periodic or the fast probe is due, or an event comes first."""
-        until = due if fast_due is None else min(due, fast_due)
+        """Sleep until the next probe is due, or an event comes first.
+
+        While probing fast, the periodic probe too waits for the fast period to pass.
+        """
+        until = due if fast_due is None else fast_due
         if await self._sleep_until(until):
             return Trigger.EVENT
         return Trigger.PERIODIC if self._clock.monotonic() >= due else Trigger.FAST

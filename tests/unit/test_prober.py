@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 import random
 from collections.abc import AsyncIterator
 
@@ -438,17 +439,24 @@ async def test_a_check_without_a_success_probes_every_fast_period_between_its_pe
         assert rig.state() is CheckState.PENDING
 
 
-async def test_the_periodic_probe_keeps_its_time_and_the_fast_ones_resume_after_it() -> None:
-    rig = Rig([DOWN], timing=fast())
-    async with rig.running():
-        await rig.clock.advance(jitter() + 0.3)
+def fast_slot(after: float) -> float:
+    """The first fast probe at or after ``after`` (seconds after the first probe)."""
+    return math.ceil(after / FAST) * FAST
 
-    times = offsets(rig)
-    [at] = [i for i, t in enumerate(times) if t == pytest.approx(jitter())]
-    assert times[:at] == [n * FAST for n in range(at)]  # fast, up to the periodic probe
-    assert jitter() - FAST < times[at - 1] < jitter()
-    # and the next fast probe comes a fast period after the periodic one: never two at once
-    assert times[at + 1] == pytest.approx(jitter() + FAST)
+
+async def test_while_probing_fast_the_periodic_probe_waits_for_the_fast_period_too() -> None:
+    rig = Rig([DOWN], timing=fast(failure_threshold=2))
+    assert fast_slot(jitter()) > jitter() + 0.01  # the periodic probe falls due between slots
+    async with rig.running():
+        await rig.clock.advance(fast_slot(jitter()) - 0.01)
+        assert rig.state() is CheckState.PENDING  # due at jitter(), it waits for the next slot
+
+        await rig.clock.advance(0.01)
+        assert rig.state() is CheckState.NOT_READY  # and counts its failure there
+        await rig.clock.advance(1.0)
+
+    # never two probes less than a fast period apart: at most one per fast period
+    assert offsets(rig) == [n * FAST for n in range(rig.probes)]
 
 
 async def test_a_fast_probe_starts_one_fast_period_after_the_previous_probe_ended() -> None:
@@ -519,7 +527,7 @@ async def test_failures_found_fast_count_neither_toward_the_threshold_nor_in_the
     rig = Rig([DOWN, other], timing=fast(failure_threshold=2))
     async with rig.running():
         seen = rig.results.version
-        await rig.clock.advance(jitter() - 0.1)
+        await rig.clock.advance(fast_slot(jitter()) - 0.1)
 
         assert rig.probes > 10
         assert rig.state() is CheckState.PENDING  # one counted failure: the first probe's
@@ -528,7 +536,8 @@ async def test_failures_found_fast_count_neither_toward_the_threshold_nor_in_the
 
         await rig.clock.advance(0.1)
 
-        # the periodic probe counts the second failure when it would without fast probes
+        # the periodic probe counts the second failure, when it would without fast probes (but
+        # for the wait for the fast period to pass)
         assert (rig.state(), rig.detail) == (CheckState.NOT_READY, "connection reset")
         assert rig.results.checks["APP"].changed_at == pytest.approx(rig.clock.time())
     assert rig.metric("readiness_gate_check_results_total", result="failure") == rig.probes
