@@ -484,10 +484,11 @@ def _check(
     timing = _timing(r, (prefix, "GATE_"), defaults)
     gate = r.get(prefix + "GATE", p.condition_type, default_gate)
     params = _PARAMS[kind](r, prefix) if kind is not None else None
-    if kind is None or params is None:
+    if kind is None:
         return None
-    fast = _fast_period(r, prefix, kind, timing.period, fast_period)
-    timing = replace(timing, fast_period=fast)
+    timing = replace(timing, fast_period=_fast_period(r, prefix, kind, timing.period, fast_period))
+    if params is None:
+        return None
     return CheckSpec(id=check_id, kind=kind, gate=gate, timing=timing, params=params)
 
 

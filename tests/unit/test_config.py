@@ -215,6 +215,15 @@ def test_the_builtin_fast_period_yields_to_a_period_that_is_as_short() -> None:
     assert only_check(http).timing.fast_period == 0.0
 
 
+def test_a_bad_fast_period_is_reported_with_the_other_problems_of_its_check() -> None:
+    env = {"CHECK_APP_KIND": "tcp", "CHECK_APP_FAST_PERIOD_SECONDS": "soon"}
+
+    assert [problem.split(":")[0] for problem in problems(env)] == [
+        "CHECK_APP_ADDRESS",
+        "CHECK_APP_FAST_PERIOD_SECONDS",
+    ]
+
+
 def test_log_check_parameters() -> None:
     check = only_check(
         {
