@@ -5,6 +5,8 @@ real kubelet's defaults; as root, in a private network namespace), installs the 
 policy, runs every section against it, prints a markdown table and writes
 the same figures as JSON: ``benchmarks/results.json`` for the full run,
 ``benchmarks/results-smoke.json`` for ``--smoke`` (tiny trial counts, under two minutes, for CI).
+``--only SECTION --merge`` re-runs some sections and replaces only their figures in that JSON (the
+table then says which run each section comes from).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 from benchmarks.cluster import BenchControlPlane
 from benchmarks.common import jsonable
 from benchmarks.report import markdown
-from benchmarks.suite import SECTIONS, run_suite
+from benchmarks.suite import SECTIONS, merge_results, run_suite
 from tests.harness.workloads import install_admission_policy
 
 HERE = Path(__file__).resolve().parent
@@ -35,7 +37,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=SECTIONS,
         help="run only this section (repeatable; for development: no table, partial JSON)",
     )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="with --only: replace those sections in the existing JSON and rebuild its table",
+    )
     args = parser.parse_args(argv)
+    if args.merge and not args.only:
+        parser.error("--merge needs --only")
     output = args.output or HERE / ("results-smoke.json" if args.smoke else "results.json")
     sections = tuple(args.only) if args.only else SECTIONS
     with BenchControlPlane.started(log=sys.stderr) as plane:
@@ -44,6 +53,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = asyncio.run(
             run_suite(plane, smoke=args.smoke, workdir=workdir, sections=sections)
         )
+    if args.merge:
+        results = merge_results(json.loads(output.read_text()), results)
     output.write_text(json.dumps(jsonable(results), indent=2, allow_nan=False) + "\n")
     if "rows" in results:
         print(markdown(results))

@@ -3,8 +3,8 @@
 The benchmark itself plays the legacy application, so that "the moment the app became ready" is
 known exactly: the wall-clock time (``time.time()``) taken immediately before the one system call
 that makes it ready — the ``write`` of the ready line to the log (``O_APPEND``), the ``open`` that
-creates the marker file, the ``listen`` on the port (the banner is served from this process's event
-loop, as a small asyncio server).
+creates the marker file, the ``listen`` on the port (the banner, or the HTTP reply, is served from
+this process's event loop, as a small asyncio server).
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ FAIL_PATTERN = r"SEVERE|Shutting down"
 GREP_PATTERN = "Server startup in [0-9]+ ms"  # the same, as a POSIX ERE
 BANNER = b"220 legacy-app ready\r\n"
 EXPECT = "^220 "
-KINDS = ("log", "file", "tcp")
+HTTP_PATH = "/health"
+KINDS = ("log", "file", "tcp", "http")
 
 
 class App(Protocol):
@@ -139,13 +140,17 @@ class FileApp:
 
 
 class TcpApp:
-    """A banner server (SMTP-like) on 127.0.0.1:``port``, opened and closed on demand."""
+    """A banner server (SMTP-like) on 127.0.0.1:``port``, opened and closed on demand.
+
+    ``connections`` counts the connections it accepted.
+    """
 
     kind = "tcp"
 
     def __init__(self, port: int) -> None:
         self.port = port
         self._server: asyncio.Server | None = None
+        self.connections = 0
 
     def check_env(self) -> dict[str, str]:
         return {
@@ -163,13 +168,17 @@ class TcpApp:
     async def prepare(self) -> None:
         await self.make_unready(restart=False)
 
-    async def _greet(self, _reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         with contextlib.suppress(ConnectionError):
-            writer.write(BANNER)
-            await writer.drain()
+            await self._serve(reader, writer)
         writer.close()
         with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
+
+    async def _serve(self, _reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(BANNER)
+        await writer.drain()
 
     async def make_ready(self) -> float:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -178,7 +187,7 @@ class TcpApp:
         sock.setblocking(False)
         at = time.time()
         sock.listen(128)
-        self._server = await asyncio.start_server(self._greet, sock=sock)
+        self._server = await asyncio.start_server(self._accept, sock=sock)
         return at
 
     async def make_unready(self, *, restart: bool) -> None:
@@ -189,6 +198,37 @@ class TcpApp:
 
     async def close(self) -> None:
         await self.make_unready(restart=False)
+
+
+class HttpApp(TcpApp):
+    """An HTTP server on 127.0.0.1:``port`` answering every GET with ``status`` (200: ready)."""
+
+    kind = "http"
+
+    def __init__(self, port: int, status: int = 200) -> None:
+        super().__init__(port)
+        self.status = status
+
+    def check_env(self) -> dict[str, str]:
+        return {"CHECK_APP_KIND": "http", "CHECK_APP_URL": self.url}
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{HTTP_PATH}"
+
+    def shell_test(self) -> str:
+        return f"curl -sf -o /dev/null --max-time 1 {self.url}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            await reader.readuntil(b"\r\n\r\n")
+        body = b"ok\n" if self.status < 400 else b"starting\n"
+        writer.write(
+            f"HTTP/1.1 {self.status} {'OK' if self.status < 400 else 'Service Unavailable'}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
 
 
 # --- the shell-loop baseline --------------------------------------------------------------------

@@ -21,6 +21,11 @@ The idle window (``window`` seconds; all of these run side by side)
     ``shell``: the shell loop with its app ready — its API requests and its CPU (the loop's bash
     plus the ``grep``/``curl`` children it reaped).
 
+Waiting (beside the window; ``benchmarks/waiting.py``)
+    tcp and http checks at their defaults waiting for applications that are not ready yet: their
+    probes and connections per second and their CPU while they wait, and how soon the condition
+    turns True once the application is ready.
+
 Per transition (after the window)
     The ``steady`` agent (``GATE_EVENTS=true``, the default) and a ``noevents`` twin
     (``GATE_EVENTS=false``) are flipped ``flips`` times by removing and re-creating the marker file;
@@ -51,6 +56,7 @@ from benchmarks.common import (
     proc_sample,
     summary,
 )
+from benchmarks.waiting import WaitingBench
 from tests.harness.agent import AgentProcess, agent_env
 from tests.harness.cluster import ControlPlane
 from tests.harness.legacy_app import free_port
@@ -133,6 +139,9 @@ class IdleBench:
         self.out = out
         self.subjects: dict[str, Subject] = {}
         self.blips = 0
+        self.waiting = WaitingBench(
+            plane, namespace, observer, workdir / "waiting", smoke=smoke, out=out
+        )
 
     def say(self, text: str) -> None:
         print(f"[idle] {text}", file=self.out, flush=True)
@@ -377,10 +386,18 @@ class IdleBench:
         await self.provision()
         self.say(f"start-up: {self.plan.startups} fresh agents, one after the other")
         startup = await self.startups()
-        window = await self.window()
+        async with asyncio.TaskGroup() as group:  # the waiting agents beside the idle window
+            window_task = group.create_task(self.window())
+            waiting_task = group.create_task(self.waiting.run())
+        window, waiting = window_task.result(), waiting_task.result()
         self.say(f"per transition: {self.plan.flips} flips each of two agents")
         transitions = await self.transitions()
-        return {"startup": startup, "idle": window, "transitions": transitions}
+        return {
+            "startup": startup,
+            "idle": window,
+            "transitions": transitions,
+            "waiting": waiting,
+        }
 
     async def close(self) -> None:
         for subject in self.subjects.values():

@@ -4,11 +4,12 @@ kubelet's ``Ready`` True, (c) the EndpointSlice endpoint ready — each seen by 
 Configurations, all measured in the same run, each with its own Pods:
 
 ``agent``
-    The agent as shipped (event-driven log and file checks; ``GATE_PERIOD_SECONDS`` default 2,
-    which is what the tcp check, having no events, probes on).
+    The agent as shipped: event-driven log and file checks; tcp and http checks probe on their
+    fast period (0.1 s, 0.15 s) while not ready, and on ``GATE_PERIOD_SECONDS`` (default 2) once
+    ready.
 ``periodic-1s``, ``periodic-10s``
-    The agent with ``GATE_EVENT_DRIVEN=false`` at ``GATE_PERIOD_SECONDS=1`` and ``=10``: what a
-    kubelet-style periodic probe gives.
+    The agent with ``GATE_EVENT_DRIVEN=false``, ``GATE_FAST_PERIOD_SECONDS=0`` at
+    ``GATE_PERIOD_SECONDS=1`` and ``=10``: what a kubelet-style periodic probe gives.
 ``shell-loop``
     The classic readiness-gate shell loop (``grep -q ... && curl -X PATCH ...; sleep 1``).
 
@@ -24,9 +25,10 @@ three are back to not ready (a lane's last trial leaves its app ready: the lane 
 
 Keeping agents idle-equivalent: lanes run in parallel to save time, but
 
-* the event-driven phase (``agent`` log and file) is **exclusive**: one trial at a time across all
-  lanes, from the trigger until gate, Ready and endpoint are back to not ready, so the agent under
-  test, the API server and the kubelet have nothing else to do;
+* the event-driven phase (``agent`` log and file) and the fast phase (``agent`` tcp and http) are
+  **exclusive**: one trial at a time across the phase's lanes, from the trigger until gate, Ready
+  and endpoint are back to not ready, so the agent under test, the API server and the kubelet have
+  nothing else to do;
 * the periodic phases space every trigger and every reset at least :data:`PERIODIC_GAP` apart across
   all lanes; their latency is dominated by the probe phase anyway;
 * the shell loops (which fork ``grep`` and ``curl`` every second) run in a phase of their own;
@@ -48,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from benchmarks.apps import KINDS, App, FileApp, LogApp, ShellLoop, TcpApp
+from benchmarks.apps import KINDS, App, FileApp, HttpApp, LogApp, ShellLoop, TcpApp
 from benchmarks.apps import shell_loop_script as make_script
 from benchmarks.cluster import (
     ENDPOINT_KEY,
@@ -67,7 +69,8 @@ from tests.harness.cluster import ControlPlane
 from tests.harness.legacy_app import free_port
 from tests.harness.workloads import GATE, PodRef
 
-#: What a trigger of an event-driven check is spread over (its period does not matter to it).
+#: What a trigger of the agent's checks is spread over: the event-driven ones do not wait for a
+#: probe, and the fast ones (tcp, http) probe many times a second until they succeed.
 EVENT_SPREAD = 1.0
 PERIODIC_GAP = 0.1
 EXCLUSIVE_GAP = 0.05
@@ -87,20 +90,25 @@ class Config:
 BASE_ENV = {"GATE_CONDITION_TYPE": GATE, "GATE_FAILURE_THRESHOLD": "1", "GATE_LOG_LEVEL": "info"}
 
 CONFIGS = (
-    Config(name="agent", description="the agent as shipped (event-driven, period 2 s)",
+    Config(name="agent", description="the agent as shipped (event-driven, fast while not ready, "
+                                      "period 2 s)",
            env={}, period=2.0),
-    Config(name="periodic-1s", description="GATE_EVENT_DRIVEN=false, GATE_PERIOD_SECONDS=1",
-           env={"GATE_EVENT_DRIVEN": "false", "GATE_PERIOD_SECONDS": "1",
-                "GATE_TIMEOUT_SECONDS": "0.5"},
+    Config(name="periodic-1s", description="GATE_EVENT_DRIVEN=false, GATE_FAST_PERIOD_SECONDS=0, "
+                                           "GATE_PERIOD_SECONDS=1",
+           env={"GATE_EVENT_DRIVEN": "false", "GATE_FAST_PERIOD_SECONDS": "0",
+                "GATE_PERIOD_SECONDS": "1", "GATE_TIMEOUT_SECONDS": "0.5"},
            period=1.0),
-    Config(name="periodic-10s", description="GATE_EVENT_DRIVEN=false, GATE_PERIOD_SECONDS=10",
-           env={"GATE_EVENT_DRIVEN": "false", "GATE_PERIOD_SECONDS": "10"},
+    Config(name="periodic-10s", description="GATE_EVENT_DRIVEN=false, GATE_FAST_PERIOD_SECONDS=0, "
+                                            "GATE_PERIOD_SECONDS=10",
+           env={"GATE_EVENT_DRIVEN": "false", "GATE_FAST_PERIOD_SECONDS": "0",
+                "GATE_PERIOD_SECONDS": "10"},
            period=10.0, timeout=40.0),
     Config(name="shell-loop", description="while true; do <test> && curl -X PATCH ...; sleep 1",
            env={}, period=1.0, shell=True),
 )  # fmt: skip
 CONFIG_NAMES = tuple(c.name for c in CONFIGS)
-AGENT_DEFAULT_PERIOD = 2.0
+#: The agent's kinds whose rising edge comes from fast probes (the fast phase).
+FAST_KINDS = ("tcp", "http")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -119,7 +127,7 @@ def plan(smoke: bool) -> Plan:
             elif config == "periodic-10s":
                 lanes[config, kind] = 12
             elif config == "agent":
-                lanes[config, kind] = 4 if kind == "tcp" else 1
+                lanes[config, kind] = 1  # exclusive phases: more lanes would only wait their turn
             else:
                 lanes[config, kind] = 3
     return Plan(trials=2 if smoke else 50, lanes=lanes, jitter=0.1 if smoke else 1.0)
@@ -221,6 +229,8 @@ class LatencyBench:
                 app = LogApp(self.workdir / "apps" / name / "catalina.out")
             elif kind == "file":
                 app = FileApp(self.workdir / "apps" / name / "ready")
+            elif kind == "http":
+                app = HttpApp(free_port())
             else:
                 app = TcpApp(free_port())
             await app.prepare()
@@ -308,9 +318,9 @@ class LatencyBench:
 
     @staticmethod
     def _phase_span(lane: Lane) -> float:
-        """What a trigger is spread over: the probe period, or for an event-driven check
-        (which inotify wakes at once, whatever its period) :data:`EVENT_SPREAD`."""
-        if lane.config.name == "agent" and lane.kind != "tcp":
+        """What a trigger is spread over: the probe period, or for the agent's checks (which
+        inotify wakes at once, or which probe fast while not ready) :data:`EVENT_SPREAD`."""
+        if lane.config.name == "agent":
             return min(lane.config.period, EVENT_SPREAD)
         return lane.config.period
 
@@ -370,14 +380,13 @@ class LatencyBench:
 
     async def run(self) -> JSON:
         await self.provision()
-        event_driven = [
-            lane for lane in self.lanes if lane.config.name == "agent" and lane.kind != "tcp"
-        ]
-        periodic = [
-            lane for lane in self.lanes if not lane.config.shell and lane not in event_driven
-        ]
+        agent = [lane for lane in self.lanes if lane.config.name == "agent"]
+        event_driven = [lane for lane in agent if lane.kind not in FAST_KINDS]
+        fast = [lane for lane in agent if lane.kind in FAST_KINDS]
+        periodic = [lane for lane in self.lanes if not lane.config.shell and lane not in agent]
         shell = [lane for lane in self.lanes if lane.config.shell]
         await self.phase("event-driven", event_driven, exclusive=True)
+        await self.phase("fast", fast, exclusive=True)
         await self.phase("periodic", periodic, exclusive=False)
         await self.phase("shell-loop", shell, exclusive=False)
         return self.results()

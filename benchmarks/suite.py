@@ -94,7 +94,9 @@ async def run_suite(
     report: JSON = {
         "schema": 1,
         "mode": "smoke" if smoke else "full",
-        "command": "python -m benchmarks" + (" --smoke" if smoke else ""),
+        "command": "python -m benchmarks"
+        + (" --smoke" if smoke else "")
+        + ("" if set(sections) == set(SECTIONS) else "".join(f" --only {s}" for s in sections)),
         "started_at": wall.isoformat(timespec="seconds"),
         "duration_seconds": time.monotonic() - began,
         "machine": machine(await asyncio.to_thread(kube_version, plane)),
@@ -106,3 +108,39 @@ async def run_suite(
     if set(sections) == set(SECTIONS):
         report["rows"] = build_rows(report)
     return report
+
+
+def _run(results: JSON) -> JSON:
+    """What ``runs`` keeps of one run: when, which sections, how loaded the machine was."""
+    return {
+        "started_at": results["started_at"],
+        "command": results["command"],
+        "sections": sorted(results["sections"], key=SECTIONS.index),
+        "duration_seconds": results["duration_seconds"],
+        "load_average": results["load_average"],
+        "machine": results["machine"],
+    }
+
+
+def merge_results(earlier: JSON, new: JSON) -> JSON:
+    """``earlier`` with the sections of ``new`` replaced; ``runs`` says where each comes from."""
+    if earlier["mode"] != new["mode"]:
+        raise ValueError(f"cannot merge a {new['mode']} run into a {earlier['mode']} one")
+    runs = []
+    for run in earlier.get("runs") or [_run(earlier)]:
+        kept = [section for section in run["sections"] if section not in new["sections"]]
+        if kept:
+            runs.append({**run, "sections": kept})
+    merged: JSON = {
+        **earlier,
+        **{key: new[key] for key in ("started_at", "duration_seconds", "machine", "load_average")},
+        "command": new["command"] + " --merge",
+        "section_timing": {**earlier["section_timing"], **new["section_timing"]},
+        "observer": new["observer"],
+        "sections": {**earlier["sections"], **new["sections"]},
+        "runs": [*runs, _run(new)],
+    }
+    merged.pop("rows", None)
+    if set(merged["sections"]) == set(SECTIONS):
+        merged["rows"] = build_rows(merged)
+    return merged

@@ -13,6 +13,9 @@ Variables, with their defaults:
     GATE_INITIAL_DELAY_SECONDS, GATE_PERIOD_SECONDS, GATE_TIMEOUT_SECONDS,
     GATE_SUCCESS_THRESHOLD, GATE_FAILURE_THRESHOLD
                               probe timing, as in a readinessProbe               [0, 2, 1, 1, 3]
+    GATE_FAST_PERIOD_SECONDS  tcp and http checks that have not found their first success
+                              also probe this often (end of one probe to start of the next);
+                              0 = off; must be shorter than the period     [tcp 0.1, http 0.15]
     GATE_HTTP_ADDRESS         host:port, [v6]:port or :port of the HTTP endpoints       [:9779]
     GATE_RESYNC_SECONDS       rewrite the condition this often; 0 = never                 [300]
     GATE_WRITE                true | false: write the condition at all                   [true]
@@ -30,6 +33,7 @@ Variables, with their defaults:
     CHECK_<ID>_KIND           log | tcp | file | http | exec; <ID> is letters and digits
     CHECK_<ID>_GATE           the condition this check feeds            [GATE_CONDITION_TYPE]
     CHECK_<ID>_PERIOD_SECONDS (and the other timing suffixes) override GATE_* for this check
+    CHECK_<ID>_FAST_PERIOD_SECONDS   the same for one tcp or http check
     log:  _PATH, _PATTERN, _FAIL_PATTERN, _START_PATTERN, _MAX_AGE_SECONDS, _FROM (start | end)
     tcp:  _ADDRESS (host:port, [v6]:port, :port, unix:/path), _SEND (\\r \\n \\t \\0 \\xHH \\\\),
           _EXPECT (a regex for the reply)
@@ -65,7 +69,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -102,11 +106,16 @@ _TIMING_SUFFIXES = (
     "FAILURE_THRESHOLD",
 )
 
+_FAST_PERIOD = "FAST_PERIOD_SECONDS"
+#: The kinds that probe fast while not ready, and their fast period unless one is set.
+FAST_PERIODS: Mapping[CheckKind, float] = {CheckKind.TCP: 0.1, CheckKind.HTTP: 0.15}
+
 # The suffixes of the valid GATE_<SUFFIX> and CHECK_<ID>_<SUFFIX> names.
 SETTINGS = (
     "CONDITION_TYPE",
     "MODE",
     *_TIMING_SUFFIXES,
+    _FAST_PERIOD,
     "HTTP_ADDRESS",
     "RESYNC_SECONDS",
     "WRITE",
@@ -120,9 +129,9 @@ SETTINGS = (
 COMMON_PARAMETERS = ("KIND", "GATE", *_TIMING_SUFFIXES)
 KIND_PARAMETERS: Mapping[CheckKind, tuple[str, ...]] = {
     CheckKind.LOG: ("PATH", "PATTERN", "FAIL_PATTERN", "START_PATTERN", "MAX_AGE_SECONDS", "FROM"),
-    CheckKind.TCP: ("ADDRESS", "SEND", "EXPECT"),
+    CheckKind.TCP: ("ADDRESS", "SEND", "EXPECT", _FAST_PERIOD),
     CheckKind.FILE: ("PATH", "STATE", "CONTAINS", "MAX_AGE_SECONDS"),
-    CheckKind.HTTP: ("URL", "STATUS", "BODY"),
+    CheckKind.HTTP: ("URL", "STATUS", "BODY", _FAST_PERIOD),
     CheckKind.EXEC: ("COMMAND",),
 }
 PARAMETERS = tuple(dict.fromkeys(COMMON_PARAMETERS + sum(KIND_PARAMETERS.values(), ())))
@@ -160,6 +169,7 @@ class Settings:
     condition_type: str | None = None
     mode: GateMode = GateMode.ALL
     defaults: Timing = field(default_factory=Timing)
+    fast_period: float | None = None  # GATE_FAST_PERIOD_SECONDS; None: FAST_PERIODS per kind
     http_host: str | None = None
     http_port: int = DEFAULT_HTTP_PORT
     resync: float = DEFAULT_RESYNC
@@ -185,7 +195,10 @@ class Settings:
             "condition_type": self.condition_type,
             "gates": list(self.gates),
             "mode": str(self.mode),
-            "defaults": _describe_timing(self.defaults),
+            "defaults": {
+                **_describe_timing(self.defaults),
+                "fast_period_seconds": self.fast_period,
+            },
             "checks": [_describe_check(check) for check in self.checks],
             "http_address": _join_host_port(self.http_host, self.http_port),
             "resync_seconds": self.resync,
@@ -328,6 +341,8 @@ def _settings(r: _Reader, *, require_api: bool) -> Settings:
     condition_type = r.parse("GATE_CONDITION_TYPE", p.condition_type)
     mode = r.get("GATE_MODE", p.choice(GateMode), GateMode.ALL)
     defaults = _timing(r, ("GATE_",), Timing())
+    fast_period = r.parse("GATE_" + _FAST_PERIOD, p.seconds)
+    _check_fast_period(r, ("GATE_",), fast_period, defaults.period)
     address = r.get("GATE_HTTP_ADDRESS", p.listen_address, p.Address(None, DEFAULT_HTTP_PORT))
     resync = r.get("GATE_RESYNC_SECONDS", p.seconds, DEFAULT_RESYNC)
     write = r.get("GATE_WRITE", p.boolean, True)
@@ -337,7 +352,7 @@ def _settings(r: _Reader, *, require_api: bool) -> Settings:
     log_level = r.get("GATE_LOG_LEVEL", _log_level, "info")
     token_dir = r.get("GATE_TOKEN_DIR", p.absolute_path, DEFAULT_TOKEN_DIR)
     _unknown_settings(r)
-    checks = _checks(r, condition_type, defaults)
+    checks = _checks(r, condition_type, defaults, fast_period)
     needs_api = require_api and write and "GATE_WRITE" not in r.failed
     identity, warnings = _identity(r, required=needs_api)
     return Settings(
@@ -345,6 +360,7 @@ def _settings(r: _Reader, *, require_api: bool) -> Settings:
         condition_type=condition_type,
         mode=mode,
         defaults=defaults,
+        fast_period=fast_period,
         checks=checks,
         http_host=address.host,
         http_port=address.port,
@@ -411,7 +427,9 @@ def _check_timeout(r: _Reader, prefixes: tuple[str, ...], timing: Timing) -> Non
     )
 
 
-def _checks(r: _Reader, default_gate: str | None, defaults: Timing) -> tuple[CheckSpec, ...]:
+def _checks(
+    r: _Reader, default_gate: str | None, defaults: Timing, fast_period: float | None
+) -> tuple[CheckSpec, ...]:
     groups: dict[str, set[str]] = {}
     malformed = []
     for name in sorted(r.values):
@@ -437,7 +455,8 @@ def _checks(r: _Reader, default_gate: str | None, defaults: Timing) -> tuple[Che
             )
         )
     specs = [
-        _check(r, i, suffixes, default_gate, defaults) for i, suffixes in sorted(groups.items())
+        _check(r, i, suffixes, default_gate, defaults, fast_period=fast_period)
+        for i, suffixes in sorted(groups.items())
     ]
     checks = tuple(spec for spec in specs if spec is not None)
     if "GATE_CONDITION_TYPE" not in r.failed:
@@ -446,7 +465,13 @@ def _checks(r: _Reader, default_gate: str | None, defaults: Timing) -> tuple[Che
 
 
 def _check(
-    r: _Reader, check_id: str, suffixes: set[str], default_gate: str | None, defaults: Timing
+    r: _Reader,
+    check_id: str,
+    suffixes: set[str],
+    default_gate: str | None,
+    defaults: Timing,
+    *,
+    fast_period: float | None,
 ) -> CheckSpec | None:
     prefix = f"CHECK_{check_id}_"
     if not suffixes.intersection(PARAMETERS):
@@ -459,9 +484,50 @@ def _check(
     timing = _timing(r, (prefix, "GATE_"), defaults)
     gate = r.get(prefix + "GATE", p.condition_type, default_gate)
     params = _PARAMS[kind](r, prefix) if kind is not None else None
-    if kind is None or params is None:
+    if kind is None:
+        return None
+    timing = replace(timing, fast_period=_fast_period(r, prefix, kind, timing.period, fast_period))
+    if params is None:
         return None
     return CheckSpec(id=check_id, kind=kind, gate=gate, timing=timing, params=params)
+
+
+def _fast_period(
+    r: _Reader, prefix: str, kind: CheckKind, period: float, default: float | None
+) -> float:
+    """The check's fast period: its own, else GATE_'s, else its kind's (0: the kind has none)."""
+    if kind not in FAST_PERIODS:
+        return 0.0
+    own = r.parse(prefix + _FAST_PERIOD, p.seconds)
+    chosen = own if own is not None else default
+    if chosen is None:
+        builtin = FAST_PERIODS[kind]
+        return builtin if builtin < period else 0.0  # a period this short is fast already
+    _check_fast_period(r, (prefix, "GATE_"), chosen, period)
+    return chosen
+
+
+def _check_fast_period(
+    r: _Reader, prefixes: tuple[str, ...], fast: float | None, period: float
+) -> None:
+    """An explicit fast period is 0 or shorter than the period; the level that sets it reports."""
+    fasts = [prefix + _FAST_PERIOD for prefix in prefixes]
+    periods = [prefix + "PERIOD_SECONDS" for prefix in prefixes]
+    if not fast or fast < period or r.failed.intersection(fasts + periods):
+        return
+    fast_from = next(name for name in fasts if r.raw(name))
+    period_from = next((name for name in periods if r.raw(name)), "default")
+    if fast_from == fasts[0]:
+        subject = fast_from
+    elif period_from == periods[0]:
+        subject = period_from
+    else:
+        return  # both come from GATE_*: reported there
+    r.problem(
+        subject,
+        f"expected a fast period shorter than the period (or 0: no fast probes), got fast period "
+        f"{fast:g} s ({fast_from}) and period {period:g} s ({period_from})",
+    )
 
 
 def _unknown_parameters(
@@ -640,6 +706,7 @@ def _describe_timing(timing: Timing) -> dict[str, object]:
         "timeout_seconds": timing.timeout,
         "success_threshold": timing.success_threshold,
         "failure_threshold": timing.failure_threshold,
+        "fast_period_seconds": timing.fast_period,
     }
 
 

@@ -42,13 +42,19 @@ class FileState(StrEnum):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Timing:
-    """Kubelet probe timing: the same names and meanings as a Pod's readinessProbe."""
+    """Kubelet probe timing: the same names and meanings as a Pod's readinessProbe.
+
+    ``fast_period`` is the agent's own: while a check looks for its first success (it is not ready
+    and its last counted result is a failure), it also probes this often in between its periodic
+    probes, measured from the end of one probe to the start of the next. 0 turns it off.
+    """
 
     initial_delay: float = 0.0
     period: float = 2.0
     timeout: float = 1.0
     success_threshold: int = 1
     failure_threshold: int = 3
+    fast_period: float = 0.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

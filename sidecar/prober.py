@@ -6,6 +6,14 @@ Event-driven checks also probe as soon as their ``wakeups()`` fire. A probe trig
 counts towards the thresholds only when it brings new evidence (a different ``(ok, detail)``), so a
 busy log file cannot satisfy a success threshold of 3 within a millisecond. An inconclusive result
 (a log check still reading a big backlog) never counts: the check keeps its state.
+
+Checks with a fast period (tcp, http) also probe fast while they look for their first success: not
+ready, and the last counted result a failure (or none yet). Meanwhile every probe, the periodic one
+too, starts one fast period after the previous probe ended: probes never overlap, a slow one delays
+the next instead of causing a burst, and there is at most one probe per fast period. A fast probe
+counts only when it succeeds: failures count on the period alone, so ``failure_threshold`` keeps
+its kubelet meaning. After a fast success the periodic schedule restarts from it, so further
+successes towards ``success_threshold`` are a full period apart.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
+from enum import StrEnum
 
 import structlog
 
@@ -23,6 +32,23 @@ from sidecar.model import CheckResult, bounded
 from sidecar.results import CheckState, Results, Threshold
 
 _STATE_VALUE = {CheckState.READY: 1, CheckState.NOT_READY: 0, CheckState.PENDING: -1}
+
+
+class Trigger(StrEnum):
+    """Why a probe runs, which decides whether its result counts (``counts``)."""
+
+    PERIODIC = "periodic"
+    EVENT = "event"
+    FAST = "fast"
+
+
+def counts(trigger: Trigger, *, ok: bool, new_evidence: bool) -> bool:
+    """Whether a probe's result counts toward the thresholds."""
+    if trigger is Trigger.PERIODIC:
+        return True
+    if trigger is Trigger.EVENT:
+        return new_evidence
+    return ok  # a fast probe looks for the first success; failures count on the period
 
 
 class Worker:
@@ -88,17 +114,38 @@ class Worker:
         due = self._clock.monotonic()
         first = True
         while True:
-            by_event = await self._wait(due)
+            trigger = await self._wait(due, self._fast_due())
+            started = self._clock.monotonic()
             result = await self.probe_once()
-            self._record(result, by_event=by_event)
-            if by_event:
-                continue
-            due += self._rng.uniform(0, timing.period) if first else timing.period
-            first = False
-            # a slow probe must not cause a burst of catch-up probes
-            due = max(due, self._clock.monotonic())
+            counted = self._record(result, trigger)
+            if trigger is Trigger.PERIODIC:
+                due += self._rng.uniform(0, timing.period) if first else timing.period
+                first = False
+                # a slow probe must not cause a burst of catch-up probes
+                due = max(due, self._clock.monotonic())
+            elif trigger is Trigger.FAST and counted:
+                due, first = started + timing.period, False
 
-    async def _wait(self, due: float) -> bool:
+    def _fast_due(self) -> float | None:
+        """When the next fast probe is due; None while the check is not looking for a success."""
+        fast = self.spec.timing.fast_period
+        if fast <= 0 or self.last_probe_at is None or self._threshold.state is CheckState.READY:
+            return None
+        if self._last is not None and self._last.ok:
+            return None  # successes after the first are counted on the period
+        return self.last_probe_at + fast
+
+    async def _wait(self, due: float, fast_due: float | None) -> Trigger:
+        """Sleep until the next probe is due, or an event comes first.
+
+        While probing fast, the periodic probe too waits for the fast period to pass.
+        """
+        until = due if fast_due is None else fast_due
+        if await self._sleep_until(until):
+            return Trigger.EVENT
+        return Trigger.PERIODIC if self._clock.monotonic() >= due else Trigger.FAST
+
+    async def _sleep_until(self, due: float) -> bool:
         """Sleep until ``due``; return True if an event woke us first."""
         if self._wake.is_set():
             self._wake.clear()
@@ -128,14 +175,18 @@ class Worker:
         self._metrics.check_results.labels(*labels, outcome).inc()
         return result
 
-    def _record(self, result: CheckResult, *, by_event: bool) -> None:
+    def _record(self, result: CheckResult, trigger: Trigger) -> bool:
+        """Count ``result`` if its trigger lets it; True if it counted."""
         if result.inconclusive:  # neither success nor failure: shown, not counted
             self._results.update(self.spec.id, result, self._threshold.state)
-            return
+            return False
         new_evidence = not result.same_evidence(self._last)
+        counted = counts(trigger, ok=result.ok, new_evidence=new_evidence)
+        if trigger is Trigger.FAST and not counted:
+            return False  # neither shown nor counted: the message changes at most once a period
         before = self._threshold.state
         state = before
-        if new_evidence or not by_event:
+        if counted:
             self._last = result
             state = self._threshold.record(result.ok)
         self._results.update(self.spec.id, result, state)
@@ -144,6 +195,7 @@ class Worker:
             self._log.info("check_state_changed", state=str(state), detail=result.detail)
         elif new_evidence:
             self._log.debug("check_evidence_changed", ok=result.ok, detail=result.detail)
+        return counted
 
 
 async def probe(check: Check, clock: Clock) -> CheckResult:

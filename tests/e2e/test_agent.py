@@ -6,14 +6,16 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.harness.agent import AgentProcess
 from tests.harness.cluster import ControlPlane
 from tests.harness.kube import JSON, KubeClient, condition, condition_status, wait_for
-from tests.harness.legacy_app import free_port
+from tests.harness.legacy_app import FakeRedis, free_port
 from tests.harness.workloads import GATE, PodRef, wait_gate, wait_ready
 
 FAST = {"GATE_PERIOD_SECONDS": "0.5", "GATE_TIMEOUT_SECONDS": "0.4", "GATE_FAILURE_THRESHOLD": "1"}
@@ -73,6 +75,66 @@ def test_tcp_check_follows_a_banner_server_that_opens_and_closes_its_port(
     app.send_signal(signal.SIGUSR2)  # and opens it again
     wait_gate(admin, pod, "True", agent)
     wait_ready(admin, pod, "True")
+
+
+#: The benchmark's p99 target for a tcp check's rising edge at the defaults (benchmarks/README.md).
+FAST_TARGET = 0.300
+
+
+def test_a_redis_that_opens_its_port_turns_the_condition_true_within_the_fast_probe_target(
+    admin: KubeClient,
+    make_pod: Callable[..., PodRef],
+    start_agent: Callable[..., AgentProcess],
+) -> None:
+    """The tcp check probes every 0.1 s (the default fast period) until its first success.
+
+    The period is 30 s here, so that the periodic probes alone could not explain a quick True.
+    """
+    port = free_port()
+    pod = make_pod()
+    agent = start_agent(
+        pod,
+        GATE_CONDITION_TYPE=GATE,
+        GATE_PERIOD_SECONDS="30",
+        CHECK_REDIS_KIND="tcp",
+        CHECK_REDIS_ADDRESS=f"127.0.0.1:{port}",
+        CHECK_REDIS_SEND=r"PING\r\n",
+        CHECK_REDIS_EXPECT=r"^\+PONG",
+    )
+    wait_gate(admin, pod, "False", agent, reason="ChecksPending")
+    # it probes the closed port fast, not once per period (that would take 60 s for 3 more)
+    wait_for(
+        "fast probes of the closed port",
+        lambda: _results_total(agent, "failure") >= 4,
+        timeout=5,
+        describe=agent.describe,
+    )
+
+    redis = FakeRedis(port, loading=False)
+    try:
+        written = agent.wait_for_log("gate_written", lambda e: e.get("status") == "True")
+        passed = wait_gate(admin, pod, "True", agent)
+    finally:
+        redis.close()
+    assert passed["reason"] == "ChecksPassed"
+    assert f"tcp REDIS: reply from 127.0.0.1:{port} matches" in passed["message"]
+    # the agent logs gate_written when the API server has answered the PATCH: condition True
+    assert _log_time(written) - redis.listened_at <= FAST_TARGET, agent.describe()
+    wait_ready(admin, pod, "True")
+
+
+def _results_total(agent: AgentProcess, result: str) -> float:
+    code, body = agent.get("/metrics")
+    assert code == 200, body
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in body.splitlines()
+        if line.startswith("readiness_gate_check_results_total{") and f'result="{result}"' in line
+    )
+
+
+def _log_time(entry: dict[str, Any]) -> float:
+    return datetime.fromisoformat(entry["timestamp"]).timestamp()
 
 
 def test_file_marker_present_then_removed_flips_the_gate(

@@ -39,7 +39,7 @@ async def test_smoke_run_reports_every_row_with_finite_figures(
             assert value is not None, f"{row['id']}: {key} is missing"
         for path, number in finite_numbers(row["figures"]):
             assert math.isfinite(number), f"{row['id']}: {path} = {number}"
-    for kind in ("log", "file", "tcp"):
+    for kind in ("log", "file", "tcp", "http"):
         for config in ("agent", "periodic-1s", "periodic-10s", "shell-loop"):
             figures = next(r for r in rows if r["id"] == f"latency.{kind}.{config}")["figures"]
             assert figures["trials"] >= 1

@@ -275,6 +275,23 @@ def test_the_gate_defaults_in_values_yaml_are_the_agents_own(helm: Helm) -> None
     assert rendered == defaults
 
 
+def test_fast_periods_render_as_their_variables_and_the_agent_applies_them(helm: Helm) -> None:
+    docs = documents(
+        helm.template(
+            example__enabled="true",
+            gate__fastPeriodSeconds="0.3",
+            checks__DB='{"kind": "tcp", "address": ":5432"}',
+            checks__WEB='{"kind": "http", "url": "http://127.0.0.1:8080/", "fastPeriodSeconds": 0}',
+        )
+    )
+    env = stub_env(sidecar_of(pod_spec(docs))[0])
+
+    assert env["GATE_FAST_PERIOD_SECONDS"] == "0.3"
+    assert env["CHECK_WEB_FAST_PERIOD_SECONDS"] == "0"
+    checks = load_settings(env, require_api=False).checks
+    assert {check.id: check.timing.fast_period for check in checks} == {"DB": 0.3, "WEB": 0.0}
+
+
 def test_chart_policy_is_the_example_policy(helm: Helm) -> None:
     """examples/rbac/validating-admission-policy.yaml is the source; the chart ports it.
 
@@ -394,6 +411,8 @@ BAD_VALUES: dict[str, dict[str, str]] = {
     "zero timeout": {"gate__timeoutSeconds": "0"},
     "negative initial delay": {"gate__initialDelaySeconds": "-3"},
     "fractional threshold": {"gate__failureThreshold": "1.5"},
+    "negative fast period": {"gate__fastPeriodSeconds": "-0.1"},
+    "fast period as a string": {"gate__fastPeriodSeconds": '"100ms"'},
     "period as a string": {"gate__periodSeconds": '"5s"'},
     "bad mode": {"gate__mode": '"most"'},
     "bad log level": {"gate__logLevel": '"verbose"'},
@@ -410,6 +429,9 @@ BAD_VALUES: dict[str, dict[str, str]] = {
     "relative path": {"checks__APP": '{"kind": "file", "path": "ready"}'},
     "negative check period": {
         "checks__APP": '{"kind": "file", "path": "/ready", "periodSeconds": -2}'
+    },
+    "fast period of a file check": {
+        "checks__APP": '{"kind": "file", "path": "/ready", "fastPeriodSeconds": 0.1}'
     },
     "bad http status": {
         "checks__APP": '{"kind": "http", "url": "http://127.0.0.1/", "status": "2xx"}'

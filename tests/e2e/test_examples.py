@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import socketserver
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,7 +30,7 @@ from sidecar.config import load_settings
 from tests.harness.agent import AgentProcess
 from tests.harness.cluster import NODE_NAME, ControlPlane
 from tests.harness.kube import JSON, KubeClient, condition_status, wait_for
-from tests.harness.legacy_app import free_port
+from tests.harness.legacy_app import FakeRedis, free_port
 from tests.harness.manifests import (
     SIDECAR_CONTAINER,
     Example,
@@ -172,45 +171,6 @@ def _args(spec: JSON, container: str) -> str:
     """The command line of a container of the example, to tie the test to what the app does."""
     found = container_of(spec, container)
     return " ".join([*(found.get("command") or []), *(found.get("args") or [])])
-
-
-class FakeRedis:
-    """Answers PING as Redis does: ``-LOADING`` while it loads its data set, then ``+PONG``.
-
-    Like Redis it keeps the connection open after answering, for the next command.
-    """
-
-    LOADING = b"-LOADING Redis is loading the dataset in memory\r\n"
-
-    def __init__(self, port: int) -> None:
-        self.loading = True
-        fake = self
-
-        class Handler(socketserver.StreamRequestHandler):
-            def handle(self) -> None:
-                try:
-                    for line in self.rfile:
-                        if line.strip().upper() == b"PING":
-                            self.wfile.write(fake.LOADING if fake.loading else b"+PONG\r\n")
-                        else:
-                            self.wfile.write(b"-ERR unknown command\r\n")
-                except ConnectionError:
-                    pass  # the agent aborts the connection once it has decided
-
-        class Server(socketserver.ThreadingTCPServer):
-            allow_reuse_address = True
-            daemon_threads = True
-
-        self._server = Server(("127.0.0.1", port), Handler)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
-        )
-        self._thread.start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
 
 
 class StatusPage:

@@ -16,6 +16,8 @@ import asyncio
 import contextlib
 import signal
 import socket
+import socketserver
+import threading
 import time
 from pathlib import Path
 
@@ -26,6 +28,59 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+class FakeRedis:
+    """Answers PING as Redis does: ``-LOADING`` while it loads its data set, then ``+PONG``.
+
+    Like Redis it keeps the connection open after answering, for the next command. It listens on
+    127.0.0.1:``port`` from the constructor on; ``listened_at`` is the wall-clock time taken just
+    before the ``listen`` call, ``connections`` counts the connections it accepted. Threaded, so
+    that synchronous tests and event loops alike can use it.
+    """
+
+    LOADING = b"-LOADING Redis is loading the dataset in memory\r\n"
+
+    def __init__(self, port: int, *, loading: bool = True) -> None:
+        self.loading = loading
+        self.connections = 0
+        lock = threading.Lock()
+        fake = self
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                with lock:
+                    fake.connections += 1
+                try:
+                    for line in self.rfile:
+                        if line.strip().upper() == b"PING":
+                            self.wfile.write(fake.LOADING if fake.loading else b"+PONG\r\n")
+                        else:
+                            self.wfile.write(b"-ERR unknown command\r\n")
+                except ConnectionError:
+                    pass  # the agent aborts the connection once it has decided
+
+        class Server(socketserver.ThreadingTCPServer):
+            allow_reuse_address = True
+            daemon_threads = True
+
+        self._server = Server(("127.0.0.1", port), Handler, bind_and_activate=False)
+        try:
+            self._server.server_bind()
+            self.listened_at = time.time()
+            self._server.server_activate()
+        except OSError:
+            self._server.server_close()
+            raise
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
 
 
 class App:

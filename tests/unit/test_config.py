@@ -170,6 +170,60 @@ def test_check_timing_is_merged_over_the_defaults() -> None:
     assert check.timing == Timing(period=10, timeout=4, success_threshold=3, failure_threshold=7)
 
 
+@pytest.mark.parametrize(
+    ("env", "fast"),
+    [(TCP, 0.1), (HTTP, 0.15), (LOG, 0.0), (FILE, 0.0), (EXEC, 0.0)],
+    ids=["tcp", "http", "log", "file", "exec"],
+)
+def test_tcp_and_http_checks_probe_fast_by_default_and_the_other_kinds_never(
+    env: dict[str, str], fast: float
+) -> None:
+    settings = load(env)
+
+    assert settings.fast_period is None
+    assert settings.checks[0].timing == Timing(fast_period=fast)
+
+
+def test_the_fast_period_is_set_for_all_checks_or_one_and_0_turns_it_off() -> None:
+    env = {
+        **TCP,
+        "CHECK_WEB_KIND": "http",
+        "CHECK_WEB_URL": "http://127.0.0.1/",
+        "CHECK_OFF_KIND": "tcp",
+        "CHECK_OFF_ADDRESS": ":1",
+        "CHECK_OFF_FAST_PERIOD_SECONDS": "0",
+        "CHECK_LOG_KIND": "log",
+        "CHECK_LOG_PATH": "/l",
+        "CHECK_LOG_PATTERN": "x",
+        "GATE_FAST_PERIOD_SECONDS": "0.5",
+    }
+
+    settings = load(env)
+
+    assert settings.fast_period == 0.5
+    fast = {check.id: check.timing.fast_period for check in settings.checks}
+    assert fast == {"APP": 0.5, "LOG": 0.0, "OFF": 0.0, "WEB": 0.5}
+
+
+def test_the_builtin_fast_period_yields_to_a_period_that_is_as_short() -> None:
+    env = {**TCP, "GATE_PERIOD_SECONDS": "0.1", "GATE_TIMEOUT_SECONDS": "0.05"}
+
+    assert only_check(env).timing.fast_period == 0.0
+    http = {**HTTP, "CHECK_APP_PERIOD_SECONDS": "0.3", "CHECK_APP_TIMEOUT_SECONDS": "0.2"}
+    assert only_check(http).timing.fast_period == 0.15
+    http = {**HTTP, "CHECK_APP_PERIOD_SECONDS": "0.15", "CHECK_APP_TIMEOUT_SECONDS": "0.1"}
+    assert only_check(http).timing.fast_period == 0.0
+
+
+def test_a_bad_fast_period_is_reported_with_the_other_problems_of_its_check() -> None:
+    env = {"CHECK_APP_KIND": "tcp", "CHECK_APP_FAST_PERIOD_SECONDS": "soon"}
+
+    assert [problem.split(":")[0] for problem in problems(env)] == [
+        "CHECK_APP_ADDRESS",
+        "CHECK_APP_FAST_PERIOD_SECONDS",
+    ]
+
+
 def test_log_check_parameters() -> None:
     check = only_check(
         {
@@ -417,6 +471,40 @@ MALFORMED = [
     ({**LOG, "GATE_FAILURE_THRESHOLD": "9" * 5000}, "GATE_FAILURE_THRESHOLD", "too large"),
     ({**LOG, "GATE_TIMEOUT_SECONDS": "2"}, "GATE_TIMEOUT_SECONDS", "shorter than the period"),
     ({**LOG, "GATE_PERIOD_SECONDS": "0.5"}, "GATE_PERIOD_SECONDS", "timeout 1 s (default)"),
+    ({**TCP, "GATE_FAST_PERIOD_SECONDS": "-1"}, "GATE_FAST_PERIOD_SECONDS", "seconds >= 0"),
+    ({**TCP, "GATE_FAST_PERIOD_SECONDS": "100ms"}, "GATE_FAST_PERIOD_SECONDS", "without a unit"),
+    (
+        {**TCP, "GATE_FAST_PERIOD_SECONDS": "2"},
+        "GATE_FAST_PERIOD_SECONDS",
+        "expected a fast period shorter than the period (or 0: no fast probes), got fast period "
+        "2 s (GATE_FAST_PERIOD_SECONDS) and period 2 s (default)",
+    ),
+    (
+        {**TCP, "GATE_PERIOD_SECONDS": "5", "CHECK_APP_FAST_PERIOD_SECONDS": "6"},
+        "CHECK_APP_FAST_PERIOD_SECONDS",
+        "got fast period 6 s (CHECK_APP_FAST_PERIOD_SECONDS) and period 5 s (GATE_PERIOD_SECONDS)",
+    ),
+    (
+        {
+            **HTTP,
+            "GATE_FAST_PERIOD_SECONDS": "0.5",
+            "CHECK_APP_PERIOD_SECONDS": "0.5",
+            "CHECK_APP_TIMEOUT_SECONDS": "0.2",
+        },
+        "CHECK_APP_PERIOD_SECONDS",
+        "fast period 0.5 s (GATE_FAST_PERIOD_SECONDS) and period 0.5 s (CHECK_APP_PERIOD_SECONDS)",
+    ),
+    ({**TCP, "CHECK_APP_FAST_PERIOD_SECONDS": "x"}, "CHECK_APP_FAST_PERIOD_SECONDS", "seconds"),
+    (
+        {**LOG, "CHECK_APP_FAST_PERIOD_SECONDS": "0.1"},
+        "CHECK_APP_FAST_PERIOD_SECONDS",
+        "applies to tcp or http checks, but CHECK_APP_KIND is log",
+    ),
+    (
+        {**TCP, "GATE_FAST_PERIOD": "0.1"},
+        "GATE_FAST_PERIOD",
+        "did you mean GATE_FAST_PERIOD_SECONDS",
+    ),
     ({**LOG, "GATE_MODE": "most"}, "GATE_MODE", 'expected all or any, got "most"'),
     ({**LOG, "GATE_WRITE": "yes"}, "GATE_WRITE", 'expected true or false, got "yes"'),
     ({**LOG, "GATE_EVENTS": "1"}, "GATE_EVENTS", "expected true or false"),
@@ -895,6 +983,9 @@ def test_describe_is_json_with_patterns_as_text_and_bytes_escaped(tmp_path: Path
     assert checks["APP"]["send"] == r"PING\r\n\x00"
     assert checks["APP"]["expect"] == r"^\+PONG"
     assert checks["APP"]["address"] == "db:5432"
+    assert checks["APP"]["timing"]["fast_period_seconds"] == 0.1  # type: ignore[index]
+    assert checks["LOG"]["timing"]["fast_period_seconds"] == 0.0  # type: ignore[index]
+    assert described["defaults"]["fast_period_seconds"] is None  # type: ignore[index]
     assert checks["LOG"]["pattern"] == r"\d+"
     assert checks["WEB"]["status"] == "204"
     assert checks["WEB"]["url"] == "https://user:***@example.com/health"

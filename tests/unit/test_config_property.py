@@ -13,7 +13,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.config import ConfigError, Settings, load_settings
+from sidecar.config import FAST_PERIODS, ConfigError, Settings, load_settings
 from sidecar.model import (
     CheckKind,
     CheckParams,
@@ -207,9 +207,29 @@ def timings(draw: st.DrawFn, prefix: str, base: Timing) -> tuple[dict[str, str],
     return {prefix + suffix: text for suffix, text in env.items()}, timing
 
 
+def fast_periods(period: float) -> st.SearchStrategy[float | None]:
+    """A valid fast period for ``period`` (0 is off), or None for unset."""
+    return st.none() | st.just(0.0) | fractions.map(lambda fraction: period * fraction)
+
+
+def resolved_fast_period(
+    kind: CheckKind, own: float | None, default: float | None, period: float
+) -> float:
+    """What the loader makes of the fast period variables (see FAST_PERIODS)."""
+    if kind not in FAST_PERIODS:
+        return 0.0
+    chosen = own if own is not None else default
+    if chosen is not None:
+        return chosen
+    return FAST_PERIODS[kind] if FAST_PERIODS[kind] < period else 0.0
+
+
 @st.composite
 def configurations(draw: st.DrawFn) -> Generated:
     env, defaults = draw(timings("GATE_", Timing()))
+    gate_fast = draw(fast_periods(defaults.period))
+    if gate_fast is not None:
+        env["GATE_FAST_PERIOD_SECONDS"] = repr(gate_fast)
     gating = draw(st.sampled_from(["default gate", "own gates", "the pod's gate"]))
     condition_type = draw(gate_names) if gating == "default gate" else None
     if condition_type is not None:
@@ -227,6 +247,13 @@ def configurations(draw: st.DrawFn) -> Generated:
         kind = draw(st.sampled_from(CheckKind))
         fragment, params = draw(PARAMS[kind])
         check_env, timing = draw(timings(prefix, defaults))
+        own_fast = draw(fast_periods(timing.period)) if kind in FAST_PERIODS else None
+        if own_fast is None and gate_fast and gate_fast >= timing.period and kind in FAST_PERIODS:
+            own_fast = timing.period / 2  # the inherited one would be too long for this period
+        if own_fast is not None:
+            check_env[prefix + "FAST_PERIOD_SECONDS"] = repr(own_fast)
+        fast = resolved_fast_period(kind, own_fast, gate_fast, timing.period)
+        timing = replace(timing, fast_period=fast)
         gate = {
             "default gate": draw(st.none() | gate_names),
             "own gates": draw(gate_names),
@@ -262,6 +289,7 @@ def configurations(draw: st.DrawFn) -> Generated:
         condition_type=condition_type,
         mode=mode,
         defaults=defaults,
+        fast_period=gate_fast,
         http_host=host,
         http_port=port,
         resync=resync,
@@ -444,7 +472,7 @@ def test_describe_shows_sent_bytes_in_escapes_that_load_back_to_the_same_bytes(
         id="APP",
         kind=CheckKind.TCP,
         gate=None,
-        timing=Timing(),
+        timing=Timing(fast_period=FAST_PERIODS[CheckKind.TCP]),
         params=TcpParams(host="db", port=1, send=data),
     )
     [described] = cast(list[dict[str, str]], Settings(checks=(spec,)).describe()["checks"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 import random
 from collections.abc import AsyncIterator
 
@@ -474,6 +475,165 @@ async def test_an_inconclusive_event_probe_changes_nothing_either() -> None:
         await settle()
         assert rig.probes == 2
         assert rig.state() is CheckState.READY
+
+
+# --- fast probes while not ready ----------------------------------------------------------------
+
+FAST = 0.25
+DOWN = (False, "connection refused")
+UP = (True, "connected")
+
+
+def fast(**timing: float) -> Timing:
+    return Timing(period=PERIOD, fast_period=FAST, **timing)  # type: ignore[arg-type]
+
+
+def offsets(rig: Rig) -> list[float]:
+    return [round(at - START, 6) for at in rig.check.probed_at]
+
+
+async def test_a_check_without_a_success_probes_every_fast_period_between_its_periodic_ones() -> (
+    None
+):
+    rig = Rig([DOWN], timing=fast())
+    async with rig.running():
+        await rig.clock.advance(1.0)
+
+        assert offsets(rig) == [0.0, 0.25, 0.5, 0.75, 1.0]
+        assert rig.state() is CheckState.PENDING
+
+
+def fast_slot(after: float) -> float:
+    """The first fast probe at or after ``after`` (seconds after the first probe)."""
+    return math.ceil(after / FAST) * FAST
+
+
+async def test_while_probing_fast_the_periodic_probe_waits_for_the_fast_period_too() -> None:
+    rig = Rig([DOWN], timing=fast(failure_threshold=2))
+    assert fast_slot(jitter()) > jitter() + 0.01  # the periodic probe falls due between slots
+    async with rig.running():
+        await rig.clock.advance(fast_slot(jitter()) - 0.01)
+        assert rig.state() is CheckState.PENDING  # due at jitter(), it waits for the next slot
+
+        await rig.clock.advance(0.01)
+        assert rig.state() is CheckState.NOT_READY  # and counts its failure there
+        await rig.clock.advance(1.0)
+
+    # never two probes less than a fast period apart: at most one per fast period
+    assert offsets(rig) == [n * FAST for n in range(rig.probes)]
+
+
+async def test_a_fast_probe_starts_one_fast_period_after_the_previous_probe_ended() -> None:
+    rig = Rig([DOWN, Slow(1.0, DOWN), DOWN], timing=fast(timeout=2.0))
+    async with rig.running():
+        await rig.clock.advance(2.0)
+
+    # the slow probe (0.25 -> 1.25) delays the next one; probes never overlap or pile up
+    assert offsets(rig)[:4] == [0.0, 0.25, 1.5, 1.75]
+
+
+async def test_a_success_found_fast_makes_the_check_ready_at_once() -> None:
+    rig = Rig([DOWN, DOWN, UP], timing=fast())
+    async with rig.running():
+        await rig.clock.advance(0.5)
+
+        assert offsets(rig) == [0.0, 0.25, 0.5]
+        assert (rig.state(), rig.detail) == (CheckState.READY, "connected")
+        assert rig.results.checks["APP"].changed_at == pytest.approx(rig.clock.time())
+
+
+async def test_once_ready_the_check_probes_on_its_period_counted_from_the_fast_success() -> None:
+    rig = Rig([DOWN, DOWN, UP], timing=fast())
+    async with rig.running():
+        await rig.clock.advance(0.5 + PERIOD - 0.25)
+        assert rig.probes == 3  # neither fast probes nor the jittered periodic one
+
+        await rig.clock.advance(0.25)
+        assert offsets(rig) == [0.0, 0.25, 0.5, 0.5 + PERIOD]
+
+        await rig.clock.advance(PERIOD)
+        assert offsets(rig)[-1] == 0.5 + 2 * PERIOD
+
+
+async def test_successes_after_the_first_are_counted_a_full_period_apart() -> None:
+    rig = Rig([DOWN, DOWN, UP], timing=fast(success_threshold=3))
+    async with rig.running():
+        await rig.clock.advance(0.5)
+        assert rig.state() is CheckState.PENDING  # one success of three, found fast
+
+        await rig.clock.advance(PERIOD)
+        assert rig.state() is CheckState.PENDING  # two of three, a period later
+        assert offsets(rig) == [0.0, 0.25, 0.5, 0.5 + PERIOD]
+
+        await rig.clock.advance(PERIOD)
+        assert offsets(rig) == [0.0, 0.25, 0.5, 0.5 + PERIOD, 0.5 + 2 * PERIOD]
+        assert rig.state() is CheckState.READY
+
+
+async def test_a_failure_while_counting_successes_resumes_the_fast_probes() -> None:
+    script: list[Step] = [DOWN, UP, DOWN, DOWN, UP, UP]
+    rig = Rig(script, timing=fast(success_threshold=2))
+    async with rig.running():
+        await rig.clock.advance(0.25 + PERIOD + 0.5)
+        assert rig.state() is CheckState.PENDING
+
+        await rig.clock.advance(PERIOD)
+
+        # fail, fast success (1 of 2), periodic failure (0 of 2), fast failure (not counted),
+        # fast success (1 of 2), periodic success (2 of 2)
+        end = 0.25 + PERIOD
+        assert offsets(rig) == [0.0, 0.25, end, end + 0.25, end + 0.5, end + 0.5 + PERIOD]
+        assert rig.state() is CheckState.READY
+
+
+async def test_failures_found_fast_count_neither_toward_the_threshold_nor_in_the_results() -> None:
+    other = (False, "connection reset")
+    rig = Rig([DOWN, other], timing=fast(failure_threshold=2))
+    async with rig.running():
+        seen = rig.results.version
+        await rig.clock.advance(fast_slot(jitter()) - 0.1)
+
+        assert rig.probes > 10
+        assert rig.state() is CheckState.PENDING  # one counted failure: the first probe's
+        assert rig.detail == "connection refused"  # the fast failures are not shown ...
+        assert rig.results.version == seen  # ... nor do they wake the gate writer
+
+        await rig.clock.advance(0.1)
+
+        # the periodic probe counts the second failure, when it would without fast probes (but
+        # for the wait for the fast period to pass)
+        assert (rig.state(), rig.detail) == (CheckState.NOT_READY, "connection reset")
+        assert rig.results.checks["APP"].changed_at == pytest.approx(rig.clock.time())
+    assert rig.metric("readiness_gate_check_results_total", result="failure") == rig.probes
+
+
+async def test_a_ready_check_fails_on_its_period_only_and_recovers_fast() -> None:
+    rig = Rig([UP, DOWN], timing=fast(failure_threshold=3))
+    async with rig.running():
+        await rig.clock.advance(jitter())
+        assert (rig.probes, rig.state()) == (2, CheckState.READY)  # one failure of three
+
+        await rig.clock.advance(PERIOD - 0.25)
+        assert rig.probes == 2  # no fast probes while ready
+
+        await rig.clock.advance(PERIOD + 0.25)
+        assert (rig.probes, rig.state()) == (4, CheckState.NOT_READY)
+        assert offsets(rig)[1:] == pytest.approx([jitter(), jitter() + PERIOD, jitter() + 16])
+
+        rig.check.script(UP)
+        await rig.clock.advance(FAST)
+        assert offsets(rig)[-1] == pytest.approx(jitter() + 2 * PERIOD + FAST)
+        assert rig.state() is CheckState.READY
+
+
+async def test_a_fast_period_of_0_keeps_the_kubelet_schedule() -> None:
+    rig = Rig([DOWN], timing=Timing(period=PERIOD, fast_period=0.0))
+    async with rig.running():
+        await rig.clock.advance(jitter() - 0.1)
+        assert rig.probes == 1
+
+        await rig.clock.advance(0.1)
+        assert rig.probes == 2
 
 
 # --- overdue -------------------------------------------------------------------------------------
