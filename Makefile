@@ -1,12 +1,12 @@
 # Two commands do everything on a fresh machine (Python 3.11+, Go 1.26, root):
 #   make demo    local control plane + legacy app + agent, the gate flipping in `kubectl get pods`
-#   make test    lint, type checks, unit, end-to-end, fault and benchmark-smoke tests
+#   make test    lint, type checks, unit, end-to-end, fault, real-node and benchmark-smoke tests
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: test demo lint binaries unit e2e faults bench clean
+.PHONY: test demo lint binaries node unit e2e faults realnode bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,13 +17,17 @@ $(STAMP): pyproject.toml
 binaries: $(STAMP)
 	$(BIN)/python -m tests.harness.binaries --with-helm
 
+# The real node: Debian packages (apt-get, when missing), kubelet, containerd, images (cached).
+node: $(STAMP)
+	$(BIN)/python -m tests.harness.nodebuild
+
 lint: $(STAMP)
 	$(BIN)/ruff check sidecar tests scripts benchmarks
 	$(BIN)/ruff format --check sidecar tests scripts benchmarks
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
 
-test: lint binaries
+test: lint binaries node
 	$(BIN)/pytest
 
 unit: $(STAMP)
@@ -34,6 +38,9 @@ e2e: binaries
 
 faults: binaries
 	$(BIN)/pytest tests/faults
+
+realnode: binaries node
+	$(BIN)/pytest tests/node
 
 demo: binaries
 	$(BIN)/python -m scripts.demo

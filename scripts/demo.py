@@ -1,8 +1,17 @@
-"""The demo: a real control plane, a legacy app, the agent, and the gate flipping.
+"""The demo: a real control plane, a real node, a real legacy app, the agent, and the gate flipping.
 
     make demo        (or: python -m scripts.demo, as root, after `make binaries`)
 
-It starts a private Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager and a
+On the real node (the default): Debian's Tomcat 10 in a container, the agent in its own container
+from the image built from ./Dockerfile, under a real kubelet and containerd. ``kubectl get pod -o
+wide`` shows READINESS GATES go 0/1 -> 1/1 when Tomcat logs its startup line and its port opens.
+Then Tomcat's JVM is killed: the kubelet restarts the container, port 8080 is closed until the new
+Tomcat is up, and the gate goes 0/1 and back to 1/1. (The log check alone would not notice: the old
+startup line is still in catalina.out, issue 11; the tcp check does.) The first run builds the
+node and its images with visible progress; later runs reuse ~/.cache.
+
+If the real node cannot start on this machine, the demo says why and runs the hollow-node demo:
+a private Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager and a
 hollow kubelet, built from the official Go modules and cached), creates a Pod that declares the
 readiness gate ``example.com/legacy-ready``, starts a fake legacy server that logs
 ``Server startup in N ms`` after a few seconds, and starts the agent with the Pod's bound token.
@@ -23,8 +32,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tests.harness.agent import AgentProcess, agent_env, bound_token_dir
-from tests.harness.cluster import ControlPlane
-from tests.harness.kube import condition_status
+from tests.harness.binaries import BuildError
+from tests.harness.cluster import ControlPlane, HarnessError
+from tests.harness.images import ImageBuildError
+from tests.harness.kube import JSON, condition_status
+from tests.harness.node import NODE_NAME, RealNode
 from tests.harness.workloads import (
     GATE,
     create_agent_rbac,
@@ -33,6 +45,7 @@ from tests.harness.workloads import (
     create_service,
     install_admission_policy,
 )
+from tests.node.support import TOMCAT_PATTERN, container_id, tomcat_container
 
 NAMESPACE = "demo"
 POD = "legacy-app"
@@ -102,10 +115,8 @@ def gate_condition(plane: ControlPlane) -> str:
     return plane.kubectl("-n", NAMESPACE, "get", "pod", POD, "-o", f"jsonpath={jsonpath}").stdout
 
 
-def main() -> None:
-    started = time.monotonic()
-    say("Starting a private Kubernetes control plane (built once from the Go modules, cached)")
-    with ControlPlane.started() as plane, tempfile.TemporaryDirectory() as tmp:
+def hollow_demo(plane: ControlPlane) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         admin = plane.admin
         create_namespace(plane, NAMESPACE)
@@ -132,19 +143,122 @@ def main() -> None:
             try:
                 agent.wait_started()
                 say("kubectl get pod -o wide  (watch READY and READINESS GATES)")
-                ready = lambda: condition_status(admin.pod(NAMESPACE, POD), "Ready") == "True"  # noqa: E731
-                watch(plane, ready, timeout=60)
+                watch(plane, lambda: _ready(plane) == "True", timeout=60)
                 say("kubectl describe pod (excerpt): the gate explains itself")
                 print(describe_excerpt(plane))
 
                 say("The legacy app logs 'SEVERE: Servlet engine stopped': the gate goes False")
                 app.send_signal(signal.SIGUSR1)
-                not_ready = lambda: condition_status(admin.pod(NAMESPACE, POD), "Ready") == "False"  # noqa: E731
-                watch(plane, not_ready, timeout=30)
+                watch(plane, lambda: _ready(plane) == "False", timeout=30)
                 print(f"\n  condition: {gate_condition(plane)}")
             finally:
                 elapsed = agent.stop()
                 say(f"Agent stopped on SIGTERM in {elapsed * 1000:.0f} ms")
+
+
+def _ready(plane: ControlPlane) -> str | None:
+    return condition_status(plane.admin.pod(NAMESPACE, POD), "Ready")
+
+
+def _gate(plane: ControlPlane) -> str | None:
+    return condition_status(plane.admin.pod(NAMESPACE, POD), GATE)
+
+
+def real_pod(node: RealNode) -> JSON:
+    """Tomcat and the agent's container, as README's Pod spec (a log check and a tcp check)."""
+    env = [
+        {"name": f, "valueFrom": {"fieldRef": {"fieldPath": f"metadata.{p}"}}}
+        for f, p in (("POD_NAME", "name"), ("POD_NAMESPACE", "namespace"), ("POD_UID", "uid"))
+    ] + [
+        {"name": k, "value": v}
+        for k, v in {
+            "GATE_CONDITION_TYPE": GATE,
+            "GATE_PERIOD_SECONDS": "1",
+            "GATE_TIMEOUT_SECONDS": "0.5",
+            "CHECK_APP_KIND": "log",
+            "CHECK_APP_PATH": "/logs/catalina.out",
+            "CHECK_APP_PATTERN": TOMCAT_PATTERN,
+            "CHECK_APP_FAIL_PATTERN": r"Pausing ProtocolHandler|java\.lang\.OutOfMemoryError",
+            "CHECK_PORT_KIND": "tcp",
+            "CHECK_PORT_ADDRESS": "127.0.0.1:8080",
+            "CHECK_PORT_FAILURE_THRESHOLD": "1",
+        }.items()
+    ]
+    agent = {
+        "name": "readiness-gate",
+        "image": node.images.agent.name,
+        "imagePullPolicy": "Never",
+        "env": env,
+        "volumeMounts": [{"name": "logs", "mountPath": "/logs", "readOnly": True}],
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": 9779}, "periodSeconds": 2},
+        "securityContext": {
+            "runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532,
+            "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }  # fmt: skip
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": POD, "labels": {"app": POD}},
+        "spec": {
+            "nodeName": NODE_NAME,
+            "serviceAccountName": "readiness-gate-sidecar",
+            "readinessGates": [{"conditionType": GATE}],
+            "terminationGracePeriodSeconds": 10,
+            "securityContext": {"fsGroup": 65532},
+            "containers": [tomcat_container(node), agent],
+            "volumes": [{"name": "logs", "emptyDir": {"sizeLimit": "64Mi"}}],
+        },
+    }
+
+
+def real_node_demo(plane: ControlPlane, node: RealNode) -> None:
+    admin = plane.admin
+    create_namespace(plane, NAMESPACE)
+    install_admission_policy(plane)
+    create_agent_rbac(admin, NAMESPACE)
+    say(
+        f"Creating Pod {NAMESPACE}/{POD} on the real node {NODE_NAME}: Debian's Tomcat 10 and "
+        f"the agent from ./Dockerfile, readinessGates: [{GATE}]"
+    )
+    admin.post(f"/api/v1/namespaces/{NAMESPACE}/pods", real_pod(node))
+    create_service(admin, NAMESPACE, "legacy", {"app": POD})
+    say("kubectl get pod -o wide  (Tomcat starts: the gate waits for its startup line and port)")
+    watch(plane, lambda: _ready(plane) == "True", timeout=240)
+    say("kubectl describe pod (excerpt): the gate explains itself")
+    print(describe_excerpt(plane))
+    jvm = container_id(admin.pod(NAMESPACE, POD), "app")
+    say("Killing Tomcat's JVM (SIGKILL): the kubelet restarts the container")
+    node.ctr("tasks", "kill", "--signal", "SIGKILL", jvm)
+    watch(plane, lambda: _gate(plane) == "False", timeout=60)
+    print(f"\n  condition: {gate_condition(plane)}")
+    say("The new Tomcat starts; when its port answers, the gate is True again")
+    watch(plane, lambda: _ready(plane) == "True", timeout=240)
+    print(
+        "\n  The tcp check caught the restart (port 8080 closed). The log check alone would have\n"
+        "  stayed True: the dead instance's startup line is still in catalina.out (issue 11)."
+    )
+
+
+def main() -> None:
+    started = time.monotonic()
+    say("Starting a private Kubernetes control plane (built once from the Go modules, cached)")
+    with ControlPlane.started() as plane:
+        try:
+            say("Starting a real node: kubelet + containerd + runc (first run: builds, ~5-10 min)")
+            node_context = RealNode.started(plane)
+            node = node_context.__enter__()
+        except (HarnessError, BuildError, ImageBuildError, OSError) as err:
+            say(f"The real node cannot start on this machine: {err}")
+            say("Falling back to the hollow-node demo (the agent and the app as local processes)")
+            hollow_demo(plane)
+        else:
+            try:
+                real_node_demo(plane, node)
+            finally:
+                say("Cleaning up the real node")
+                node_context.__exit__(None, None, None)
         say("Cleaning up the control plane")
     say(f"Done in {time.monotonic() - started:.0f} s")
 

@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 
 from tests.harness.agent import AgentProcess, agent_env, bound_token_dir
+from tests.harness.binaries import ensure_helm
 from tests.harness.cluster import APISERVER_PORT, ControlPlane
+from tests.harness.helm import Helm
 from tests.harness.kube import KubeClient
 from tests.harness.workloads import (
     AGENT_SA,
@@ -58,6 +60,15 @@ def control_plane(pytestconfig: pytest.Config) -> Iterator[ControlPlane]:
             plane = stack.enter_context(ControlPlane.started(log=sys.stderr))
             install_admission_policy(plane)
         yield plane
+
+
+@pytest.fixture(scope="session")
+def helm(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    """helm, built on first use with visible progress, like the control plane's binaries."""
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        binaries = ensure_helm(sys.stderr)
+    return Helm(binaries.path("helm"), tmp_path_factory.mktemp("helm-home"))
 
 
 @pytest.fixture

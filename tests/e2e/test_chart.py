@@ -11,13 +11,10 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import tarfile
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +23,9 @@ import yaml
 
 from sidecar.config import load_settings
 from tests.harness.agent import AgentProcess, agent_env, bound_token_dir
-from tests.harness.binaries import HELM_GOMOD_DIR, ensure_helm, module_version
+from tests.harness.binaries import HELM_GOMOD_DIR, module_version
 from tests.harness.cluster import NODE_NAME, ControlPlane
+from tests.harness.helm import CHART, POLICY_KINDS, RELEASE, Helm, Installer, by_kind, documents
 from tests.harness.kube import (
     JSON,
     STRATEGIC,
@@ -41,11 +39,9 @@ from tests.harness.tokens import request_token
 from tests.harness.workloads import PodRef, create_pod, endpoint_ready
 
 ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "chart"
 CI_VALUES = sorted((CHART / "ci").glob("*.yaml"))
 EXAMPLE_POLICY = ROOT / "examples" / "rbac" / "validating-admission-policy.yaml"
 SIDECAR = "readiness-gate"  # container.name
-RELEASE = "gate"
 DOWNWARD_API = {"metadata.name", "metadata.namespace", "metadata.uid"}
 SECURITY_CONTEXT = {
     "runAsNonRoot": True,
@@ -54,70 +50,9 @@ SECURITY_CONTEXT = {
     "capabilities": {"drop": ["ALL"]},
     "seccompProfile": {"type": "RuntimeDefault"},
 }
-POLICY_KINDS = ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
 
 
 # --- helm ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Helm:
-    binary: Path
-    home: Path  # helm's config, data and cache directories: nothing of the user's
-
-    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        env = {"PATH": "/usr/bin:/bin", "HOME": str(self.home)}
-        for kind in ("CONFIG", "DATA", "CACHE"):
-            env[f"HELM_{kind}_HOME"] = str(self.home / kind.lower())
-        return subprocess.run(
-            [str(self.binary), *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            env=env,
-        )
-
-    def template(
-        self, *values: str, namespace: str = "default", release: str = RELEASE, **sets: str
-    ) -> str:
-        """``helm template``; ``values`` are -f files, ``sets`` --set (``__`` for ``.``)."""
-        result = self.run(*self._template_args(values, namespace, release, sets))
-        assert result.returncode == 0, result.stderr
-        return result.stdout
-
-    def template_error(self, *values: str, **sets: str) -> str:
-        result = self.run(*self._template_args(values, "default", RELEASE, sets))
-        assert result.returncode != 0, f"rendered, but should not have:\n{result.stdout[:2000]}"
-        return result.stderr
-
-    @staticmethod
-    def _template_args(
-        values: tuple[str, ...], namespace: str, release: str, sets: Mapping[str, str]
-    ) -> list[str]:
-        args = ["template", release, str(CHART), "--namespace", namespace]
-        for path in values:
-            args += ["--values", path]
-        for key, value in sets.items():
-            args += ["--set-json", f"{key.replace('__', '.')}={value}"]
-        return args
-
-
-@pytest.fixture(scope="session")
-def helm(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Helm:
-    """helm, built on first use with visible progress, like the control plane's binaries."""
-    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
-    with capture.global_and_fixture_disabled():
-        binaries = ensure_helm(sys.stderr)
-    return Helm(binaries.path("helm"), tmp_path_factory.mktemp("helm-home"))
-
-
-def documents(text: str) -> list[JSON]:
-    return [doc for doc in yaml.safe_load_all(text) if doc]
-
-
-def by_kind(docs: list[JSON], kind: str) -> list[JSON]:
-    return [doc for doc in docs if doc["kind"] == kind]
 
 
 def pod_spec(docs: list[JSON]) -> JSON:
@@ -464,31 +399,6 @@ def test_the_example_needs_a_condition_type_to_declare(helm: Helm) -> None:
 
 
 # --- against the real control plane ----------------------------------------------------------
-
-
-class Installer:
-    """Applies rendered manifests; deletes the cluster-scoped ones (the policy) afterwards."""
-
-    def __init__(self, plane: ControlPlane) -> None:
-        self.plane = plane
-        self.cluster_scoped: list[JSON] = []
-
-    def apply(self, manifests: str, *, dry_run: bool = False) -> str:
-        args = ["apply", "--server-side", "--field-manager=helm-template", "-f", "-"]
-        if dry_run:
-            args.append("--dry-run=server")
-        else:
-            docs = documents(manifests)
-            self.cluster_scoped += [doc for doc in docs if doc["kind"] in POLICY_KINDS]
-        result = self.plane.kubectl(*args, input_text=manifests, check=False)
-        assert result.returncode == 0, result.stderr
-        return result.stdout
-
-    def cleanup(self) -> None:
-        for doc in reversed(self.cluster_scoped):
-            self.plane.kubectl(
-                "delete", doc["kind"], doc["metadata"]["name"], "--ignore-not-found", check=False
-            )
 
 
 @pytest.fixture

@@ -83,10 +83,19 @@ class Installed:
         )
 
 
-def _pip(*args: str) -> None:
-    """pip of the test's interpreter, as the builder stage uses the base image's pip."""
-    result = _network_subprocess([sys.executable, "-m", "pip", *args])
+def _pip(installer: Path, *args: str) -> None:
+    """pip of the installer's own environment, as in the builder stage."""
+    result = _network_subprocess([str(installer / "bin" / "python"), "-m", "pip", *args])
     assert result.returncode == 0, f"pip {' '.join(args)} failed:\n{result.stderr[-4000:]}"
+
+
+def _build_pin() -> str:
+    """The build front end's pin: the same as the test extra's."""
+    test_extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]["test"]
+    pin: str = next(r for r in test_extra if r.startswith("build=="))
+    return pin
 
 
 def _copy_context(destination: Path) -> Path:
@@ -107,25 +116,30 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     work = tmp_path_factory.mktemp("image")
     context = _copy_context(work / "src")
     venv = work / "venv"
-    # RUN python -m venv --without-pip /opt/venv
+    installer = work / "installer"
+    # RUN python3 -m venv /opt/installer && /opt/installer/bin/python -m pip install build==...
+    #     && python3 -m venv --without-pip /opt/venv
+    subprocess.run([sys.executable, "-m", "venv", str(installer)], check=True)
+    _pip(installer, "install", _build_pin())
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     # Layer 1: the dependencies, from pyproject.toml, wheels only.
     project = tomllib.loads((context / "pyproject.toml").read_text())["project"]
     requirements = work / "requirements.txt"
     requirements.write_text("\n".join(project["dependencies"]) + "\n")
     python = str(venv / "bin" / "python")
-    _pip("--python", python, "install", "--only-binary=:all:", "-r", str(requirements))
+    _pip(installer, "--python", python, "install", "--only-binary=:all:", "-r", str(requirements))
     # Layer 2: the wheel (python -m build --wheel), installed alone, then bytecode.
     dist = work / "dist"
     build = _network_subprocess(
-        [sys.executable, "-m", "build", "--wheel", "--outdir", str(dist), str(context)]
-    )
+        [str(installer / "bin" / "python"), "-m", "build", "--wheel", "--outdir", str(dist),
+         str(context)]
+    )  # fmt: skip
     assert build.returncode == 0, f"python -m build failed:\n{build.stdout[-3000:]}{build.stderr}"
     (wheel,) = dist.glob("*.whl")
-    _pip("--python", python, "install", "--no-deps", "--only-binary=:all:", str(wheel))
+    _pip(installer, "--python", python, "install", "--no-deps", "--only-binary=:all:", str(wheel))
     subprocess.run(
         [
-            sys.executable, "-m", "compileall", "-q", "-f", "-j", "0",
+            python, "-m", "compileall", "-q", "-f", "-j", "0",
             "--invalidation-mode", "unchecked-hash", str(venv / "lib"),
         ],
         check=True,
@@ -235,16 +249,18 @@ def test_dockerfile_matches_what_this_test_does() -> None:
     stages = re.findall(r"^FROM\s+(\S+)\s+AS\s+(\w+)", text, re.MULTILINE)
     assert [stage for _, stage in stages] == ["builder", "runtime"]
     assert {image for image, _ in stages} == {"${PYTHON_IMAGE}"}, "one base for both stages"
-    assert "python -m venv --without-pip /opt/venv" in text
+    assert "python3 -m venv /opt/installer" in text
+    assert "python3 -m venv --without-pip /opt/venv" in text
+    assert text.count("/opt/installer/bin/python -m pip --python /opt/venv/bin/python install") == 2
     assert text.count("--only-binary=:all:") == 2
     assert "install --no-deps" in text
     assert "--invalidation-mode unchecked-hash" in text
     # The build front end is the same pin as the test extra.
-    test_extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
-        "optional-dependencies"
-    ]["test"]
-    build_pin = next(r for r in test_extra if r.startswith("build=="))
-    assert f"pip install {build_pin}" in text
+    assert f"/opt/installer/bin/python -m pip install {_build_pin()}" in text
+    # Nothing only one kind of base has: `python3` on PATH, the stdlib's path from sysconfig.
+    instructions = "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+    assert not re.search(r"(?<![/\w-])python\s", instructions), "a bare `python`: not in Debian"
+    assert "/usr/local/lib/python" not in text
     runtime = text.split(" AS runtime", 1)[1]
     assert re.findall(r"^COPY .*$", runtime, re.MULTILINE) == [
         "COPY --from=builder /opt/venv /opt/venv"
@@ -253,7 +269,8 @@ def test_dockerfile_matches_what_this_test_does() -> None:
     assert re.search(r"^ENV PATH=\"/opt/venv/bin:", runtime, re.MULTILINE)
     assert "PYTHONDONTWRITEBYTECODE=1" in runtime
     assert "pip uninstall --yes --no-input pip setuptools wheel" in runtime
-    assert "python -m compileall" in runtime  # the standard library too
+    assert "python3 -m compileall" in runtime  # the standard library too
+    assert 'sysconfig.get_path("stdlib")' in runtime
     assert re.search(r"^EXPOSE 9779$", runtime, re.MULTILINE)
     assert runtime.rstrip().endswith('ENTRYPOINT ["readiness-gate-sidecar"]')
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]

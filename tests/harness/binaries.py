@@ -144,6 +144,7 @@ def _ensure(
     out: TextIO,
     *,
     ldflags: str,
+    label: str = "control plane",
 ) -> Binaries:
     go = go_version()
     directory = cache_root() / _cache_key(gomod_dir, prefix, version, go)
@@ -154,7 +155,7 @@ def _ensure(
     with _exclusive(directory / ".lock"):
         missing = [tool for tool in tools if not binaries.path(tool[0]).is_file()]
         if missing:
-            _build(gomod_dir, missing, directory, out=out, ldflags=ldflags)
+            _build(gomod_dir, missing, directory, out=out, ldflags=ldflags, label=label)
     return binaries
 
 
@@ -175,12 +176,13 @@ def _build(
     *,
     out: TextIO,
     ldflags: str,
+    label: str = "control plane",
 ) -> None:
     """One ``go build`` for all missing binaries: shared packages compile once, in parallel."""
     names = ", ".join(name for name, _, _ in tools)
     minutes = sum(m for _, _, m in tools)
     print(
-        f"[control plane] building {names} from the Go module proxy; a cold build takes up to "
+        f"[{label}] building {names} from the Go module proxy; a cold build takes up to "
         f"~{minutes:g} min on 2 cores (later runs reuse ~/.cache)",
         file=out,
         flush=True,
@@ -191,7 +193,9 @@ def _build(
     env = {**os.environ, "GOFLAGS": "-mod=readonly -buildvcs=false", "GOTOOLCHAIN": "local"}
     started = time.monotonic()
     done = threading.Event()
-    ticker = threading.Thread(target=_progress, args=(names, started, done, out), daemon=True)
+    ticker = threading.Thread(
+        target=_progress, args=(label, names, started, done, out), daemon=True
+    )
     ticker.start()
     try:
         result = subprocess.run(
@@ -207,7 +211,7 @@ def _build(
         ticker.join()
         shutil.rmtree(staging, ignore_errors=True)
     elapsed = time.monotonic() - started
-    print(f"[control plane] built {names} in {elapsed:.0f} s", file=out, flush=True)
+    print(f"[{label}] built {names} in {elapsed:.0f} s", file=out, flush=True)
 
 
 def _output_name(package: str) -> str:
@@ -216,10 +220,10 @@ def _output_name(package: str) -> str:
     return parts[-2] if re.fullmatch(r"v\d+", parts[-1]) else parts[-1]
 
 
-def _progress(names: str, started: float, done: threading.Event, out: TextIO) -> None:
+def _progress(label: str, names: str, started: float, done: threading.Event, out: TextIO) -> None:
     while not done.wait(30):
         elapsed = time.monotonic() - started
-        print(f"[control plane] still building {names}: {elapsed:.0f} s", file=out, flush=True)
+        print(f"[{label}] still building {names}: {elapsed:.0f} s", file=out, flush=True)
 
 
 def main() -> None:

@@ -139,6 +139,10 @@ class ControlPlane:
         self._kcm_kubeconfig = self.pki.kubeconfig(
             workdir / "kcm.kubeconfig", SERVER, "kcm", kcm_cert
         )
+        # The API server's identity towards kubelets (kubectl logs/exec on the real node).
+        self._kubelet_client = self.pki.issue(
+            "apiserver-kubelet-client", "/O=system:masters/CN=kube-apiserver-kubelet-client"
+        )
         node_cert = self.pki.issue("node", f"/O=system:nodes/CN=system:node:{NODE_NAME}")
         self._node_kubeconfig = self.pki.kubeconfig(
             workdir / "node.kubeconfig", SERVER, "node", node_cert
@@ -257,8 +261,13 @@ class ControlPlane:
                 "kube-apiserver",
                 [
                     str(b.path("kube-apiserver")), f"--etcd-servers={etcd_client}",
-                    "--bind-address=127.0.0.1", f"--secure-port={APISERVER_PORT}",
+                    # Every address of the private network namespace: Pods of the real node
+                    # reach it through the `kubernetes` Service's ClusterIP (tests/harness/node.py).
+                    "--bind-address=0.0.0.0", f"--secure-port={APISERVER_PORT}",
                     "--advertise-address=127.0.0.1", "--endpoint-reconciler-type=none",
+                    "--kubelet-preferred-address-types=InternalIP",
+                    f"--kubelet-client-certificate={self._kubelet_client.cert}",
+                    f"--kubelet-client-key={self._kubelet_client.key}",
                     "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
                     f"--client-ca-file={pki.ca_cert}",
                     f"--tls-cert-file={pki.apiserver.cert}",

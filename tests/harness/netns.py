@@ -16,6 +16,8 @@ from pathlib import Path
 
 _CLONE_NEWNET = 0x40000000
 NODE_IP = "10.250.0.1"
+# The network namespace this process started in, kept open once it moved to a private one.
+_starting_network: list[int] = []
 
 
 class NamespaceError(RuntimeError):
@@ -23,6 +25,8 @@ class NamespaceError(RuntimeError):
 
 
 def in_private_network() -> bool:
+    if _starting_network:
+        return True
     try:
         return Path("/proc/self/ns/net").stat().st_ino != Path("/proc/1/ns/net").stat().st_ino
     except OSError:  # /proc/1 unreadable: be conservative and make our own
@@ -40,9 +44,12 @@ def enter_private_network() -> None:
             "(run the tests or the demo as root, e.g. in a disposable VM or container)"
         )
     libc = ctypes.CDLL(None, use_errno=True)
+    starting = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     if libc.unshare(_CLONE_NEWNET) != 0:
         errno = ctypes.get_errno()
+        os.close(starting)
         raise NamespaceError(f"unshare(CLONE_NEWNET) failed: {os.strerror(errno)}")
+    _starting_network.append(starting)
     _ip("link", "set", "lo", "up")
     _add_node_address()
 
@@ -67,3 +74,17 @@ def _add_node_address() -> None:
 
 def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+def host_network_command(argv: list[str]) -> list[str]:
+    """``argv`` to run in the machine's network namespace (package registries), from anywhere.
+
+    Once the control plane started, this process lives in a private namespace with no way out;
+    downloads (apt, the Go module proxy, PyPI) then run through ``nsenter`` in the namespace it
+    started in (or PID 1's, when it was started in a private one already).
+    """
+    if _starting_network:
+        return ["nsenter", f"--net=/proc/{os.getpid()}/fd/{_starting_network[0]}", "--", *argv]
+    if not in_private_network():
+        return list(argv)
+    return ["nsenter", "--net=/proc/1/ns/net", "--", *argv]
