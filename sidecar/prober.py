@@ -5,6 +5,19 @@ period (so checks, and agents on the same node, do not probe in lockstep); then 
 Event-driven checks also probe as soon as their ``wakeups()`` fire. A probe triggered by an event
 counts towards the thresholds only when it brings new evidence (a different ``(ok, detail)``), so a
 busy log file cannot satisfy a success threshold of 3 within a millisecond.
+
+Container lifecycle (when the Pod observer reports the followed containers, like the kubelet's
+prober worker, pkg/kubelet/prober/worker.go):
+
+- while a followed container is not running (or a named one does not exist), the check is
+  NOT_READY at once, without a failure threshold, and is not probed;
+- a new instance (another container ID or restart count) resets the check: PENDING, known not to
+  be ready (its gate is False until the thresholds decide), thresholds counted afresh, evidence
+  older than the instance's ``startedAt`` forgotten (:meth:`Check.forget_before`), and the initial
+  delay counted from ``startedAt``;
+- the first instance seen when the agent itself starts is not a restart: the check stays merely
+  pending (a True on the server is kept until it decides), but older evidence is forgotten and the
+  initial delay counts from ``startedAt`` too.
 """
 
 from __future__ import annotations
@@ -12,16 +25,23 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
+from enum import StrEnum
 
 import structlog
 
 from sidecar.checks.base import Check
 from sidecar.clock import Clock
+from sidecar.containers import Following, FollowKind, FollowState
 from sidecar.metrics import Metrics
 from sidecar.model import CheckResult, bounded
-from sidecar.results import CheckState, Results, Threshold
+from sidecar.results import Cause, CheckState, Results, Threshold
 
 _STATE_VALUE = {CheckState.READY: 1, CheckState.NOT_READY: 0, CheckState.PENDING: -1}
+
+
+class _Wake(StrEnum):
+    EVIDENCE = "evidence"
+    LIFECYCLE = "lifecycle"
 
 
 class Worker:
@@ -34,6 +54,7 @@ class Worker:
         rng: random.Random,
         metrics: Metrics,
         event_driven: bool = True,
+        following: Following | None = None,
     ) -> None:
         self.check = check
         self.spec = check.spec
@@ -46,13 +67,22 @@ class Worker:
         )
         self._last: CheckResult | None = None
         self._wake = asyncio.Event()
+        self._reasons: set[_Wake] = set()
         self._log = structlog.get_logger().bind(check=self.spec.id, kind=str(self.spec.kind))
         self._event_driven = event_driven
+        self._following = following
+        self.lifecycle: FollowState | None = None  # what the check follows, as last applied
+        self._instance: tuple[tuple[str, str | None, int], ...] | None = None
+        self._held: str | None = None  # why probing is suspended (container not running)
+        self._due = 0.0
+        self._first = True
         self.started_at = clock.monotonic()
         self.last_probe_at: float | None = None
 
     def overdue(self, now: float) -> bool:
         """True when this worker has stopped probing (for /healthz)."""
+        if self._held is not None or self._due > now:
+            return False  # not probing on purpose, or the next probe is not due yet
         timing = self.spec.timing
         allowance = 2 * (timing.period + timing.timeout) + 5
         reference = (
@@ -69,54 +99,134 @@ class Worker:
         async with asyncio.TaskGroup() as group:
             if wakeups is not None:
                 group.create_task(self._pump(wakeups), name=f"wakeups-{self.spec.id}")
+            if self._following is not None:
+                group.create_task(self._watch_lifecycle(), name=f"lifecycle-{self.spec.id}")
             await self._loop()
+
+    def _signal(self, reason: _Wake) -> None:
+        self._reasons.add(reason)
+        self._wake.set()
 
     async def _pump(self, wakeups: AsyncIterator[None]) -> None:
         # A broken source of events must not stop the worker: the periodic probes go on.
         try:
             async for _ in wakeups:
-                self._wake.set()
+                self._signal(_Wake.EVIDENCE)
         except Exception:
             self._log.exception("wakeups_failed", effect="probing on the period only")
 
+    async def _watch_lifecycle(self) -> None:
+        assert self._following is not None
+        version = self._following.version
+        while True:
+            version = await self._following.wait_changed(version)
+            self._signal(_Wake.LIFECYCLE)
+
     async def _loop(self) -> None:
         timing = self.spec.timing
-        if timing.initial_delay > 0:
-            await self._clock.sleep(timing.initial_delay)
-        self._wake.clear()
-        due = self._clock.monotonic()
-        first = True
+        self._due = self._clock.monotonic() + timing.initial_delay
+        self._apply_lifecycle()
         while True:
-            by_event = await self._wait(due)
-            result = await self.probe_once()
-            self._record(result, by_event=by_event)
-            if by_event:
+            # Not probed while the container is not running: only a lifecycle change wakes it.
+            reasons = await self._wait(self._due if self._held is None else None)
+            if _Wake.LIFECYCLE in reasons:
+                self._apply_lifecycle()
+            if self._held is not None:
                 continue
-            due += self._rng.uniform(0, timing.period) if first else timing.period
-            first = False
+            early = self._due > self._clock.monotonic()
+            # Events count only once probing started: the first probe covers what came before.
+            if early and (_Wake.EVIDENCE not in reasons or self._first):
+                continue
+            result = await self.probe_once()
+            self._record(result, by_event=early)
+            if early:
+                continue
+            self._due += self._rng.uniform(0, timing.period) if self._first else timing.period
+            self._first = False
             # a slow probe must not cause a burst of catch-up probes
-            due = max(due, self._clock.monotonic())
+            self._due = max(self._due, self._clock.monotonic())
 
-    async def _wait(self, due: float) -> bool:
-        """Sleep until ``due``; return True if an event woke us first."""
-        if self._wake.is_set():
-            self._wake.clear()
-            return True
-        delay = due - self._clock.monotonic()
-        if delay <= 0:
-            return False
-        sleeper = asyncio.ensure_future(self._clock.sleep(delay))
-        waker = asyncio.ensure_future(self._wake.wait())
-        try:
-            await asyncio.wait((sleeper, waker), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (sleeper, waker):
-                task.cancel()
-            await asyncio.gather(sleeper, waker, return_exceptions=True)
-        if self._wake.is_set():
-            self._wake.clear()
-            return True
-        return False
+    async def _wait(self, due: float | None) -> set[_Wake]:
+        """Sleep until ``due`` (None: no time limit) or until something is signalled; return
+        what was signalled."""
+        if due is None:
+            await self._wake.wait()
+        elif not self._wake.is_set() and (delay := due - self._clock.monotonic()) > 0:
+            sleeper = asyncio.ensure_future(self._clock.sleep(delay))
+            waker = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait((sleeper, waker), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (sleeper, waker):
+                    task.cancel()
+                await asyncio.gather(sleeper, waker, return_exceptions=True)
+        self._wake.clear()
+        reasons, self._reasons = self._reasons, set()
+        return reasons
+
+    # --- container lifecycle -------------------------------------------------------------------
+
+    def _apply_lifecycle(self) -> None:
+        if self._following is None:
+            return
+        state = self._following.state()
+        self.lifecycle = state
+        if state.kind in (FollowKind.NOT_RUNNING, FollowKind.MISSING):
+            self._hold(state)
+        elif state.kind is FollowKind.RUNNING and state.keys != self._instance:
+            self._new_instance(state)
+        elif state.kind is FollowKind.RUNNING:
+            self._held = None
+
+    def _hold(self, state: FollowState) -> None:
+        if self._held == state.message:
+            return
+        self._held = state.message
+        self._threshold.reset(CheckState.NOT_READY)
+        self._last = None
+        cause = Cause.CONTAINER_NOT_RUNNING if state.kind is FollowKind.NOT_RUNNING else None
+        result = self._synthetic(ok=False, detail=state.message)
+        self._set_state(result, CheckState.NOT_READY, cause)
+
+    def _new_instance(self, state: FollowState) -> None:
+        previous, self._instance = self._instance, state.keys
+        was_held, self._held = self._held is not None, None
+        started = state.started_at
+        if started is not None:
+            self.check.forget_before(started)
+        at_agent_start = previous is None and not was_held
+        if at_agent_start and not self._first:
+            return  # probing began before the Pod was first read: keep the schedule
+        if not at_agent_start:
+            self._reset(state, restarted=previous is not None)
+        if started is not None:
+            # the initial delay counts from the container's start, as for kubelet probes
+            since_start = self._clock.time() - started
+            wait = max(0.0, self.spec.timing.initial_delay - since_start)
+            self._due = self._clock.monotonic() + wait
+
+    def _reset(self, state: FollowState, *, restarted: bool) -> None:
+        self._threshold.reset()
+        self._last = None
+        self._first = True
+        self._log.info("container_started", **_describe(state), restarted=restarted)
+        self._set_state(
+            self._synthetic(ok=False, detail=_started(state, restarted=restarted)),
+            CheckState.PENDING,
+            Cause.CONTAINER_STARTED,
+        )
+
+    def _synthetic(self, *, ok: bool, detail: str) -> CheckResult:
+        return CheckResult(ok=ok, detail=bounded(detail, 200), at=self._clock.time())
+
+    def _set_state(self, result: CheckResult, state: CheckState, cause: Cause | None) -> None:
+        before = self._results.checks[self.spec.id].state
+        self._results.update(self.spec.id, result, state, cause)
+        if state is not before:
+            self._metrics.check_ready.labels(self.spec.id, self.spec.kind).set(_STATE_VALUE[state])
+            self._log.info("check_state_changed", state=str(state), detail=result.detail)
+
+    # --- probing -------------------------------------------------------------------------------
 
     async def probe_once(self) -> CheckResult:
         result = await probe(self.check, self._clock)
@@ -139,6 +249,18 @@ class Worker:
             self._log.info("check_state_changed", state=str(state), detail=result.detail)
         elif new_evidence:
             self._log.debug("check_evidence_changed", ok=result.ok, detail=result.detail)
+
+
+def _started(state: FollowState, *, restarted: bool) -> str:
+    names = ", ".join(i.name for i in state.instances)
+    if not restarted:
+        return f"container {names} started: waiting for the check"
+    restarts = max(i.restart_count for i in state.instances)
+    return f"container {names} restarted (restart {restarts}): waiting for the check"
+
+
+def _describe(state: FollowState) -> dict[str, object]:
+    return {"containers": [i.describe() for i in state.instances]}
 
 
 async def probe(check: Check, clock: Clock) -> CheckResult:

@@ -33,6 +33,13 @@ class Check(Protocol):
 
     async def aclose(self) -> None: ...
 
+    def forget_before(self, started_at: float) -> None:
+        """A new instance of the followed application started at ``started_at`` (epoch seconds,
+        whole seconds as the Pod's ``state.running.startedAt`` has them): evidence older than it
+        no longer counts. Evidence from that second onwards still does, so the new instance's
+        first lines are never lost. Checks that probe the live application forget nothing."""
+        ...
+
 
 def timed_result(clock: Clock, started: float, ok: bool, detail: str) -> CheckResult:
     """The result of a probe that began at ``started`` (``clock.monotonic()``), ending now."""

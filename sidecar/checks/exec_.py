@@ -79,6 +79,9 @@ class ExecCheck:
     async def aclose(self) -> None:
         return None
 
+    def forget_before(self, started_at: float) -> None:
+        return None  # every probe asks the live application
+
     async def probe(self) -> CheckResult:
         started = self._clock.monotonic()
         ok, detail = await self._evaluate()

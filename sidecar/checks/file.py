@@ -34,8 +34,11 @@ _SHOWN_LIMIT = 60
 _OPEN_FLAGS: Final = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0)
 
 
-def evaluate(params: FileParams, now: float) -> tuple[bool, str]:
-    """The verdict for ``params`` at wall-clock time ``now``: ``(ok, detail)``. Blocking I/O."""
+def evaluate(params: FileParams, now: float, since: float | None = None) -> tuple[bool, str]:
+    """The verdict for ``params`` at wall-clock time ``now``: ``(ok, detail)``. Blocking I/O.
+
+    ``since``: the application instance started then; a file last modified before that second is
+    what an earlier instance left, not evidence (``state=present`` only)."""
     path = params.path
     try:
         st: os.stat_result | None = path.stat()
@@ -45,13 +48,24 @@ def evaluate(params: FileParams, now: float) -> tuple[bool, str]:
         return False, describe_read_error(path, exc)
     if params.state is FileState.ABSENT:
         return (True, f"{path} does not exist") if st is None else (False, f"{path} exists")
-    if st is None:
-        return False, f"{path} does not exist"
-    if params.max_age is not None and now - st.st_mtime > params.max_age:
-        return False, f"{path} older than {params.max_age:g}s"
+    if stale := _stale(params, st, now, since):
+        return False, stale
     if params.contains is None:
         return True, f"{path} exists"
     return _match_contents(path, params.contains)
+
+
+def _stale(
+    params: FileParams, st: os.stat_result | None, now: float, since: float | None
+) -> str | None:
+    """Why a present file is no evidence: missing, left by an earlier instance, or too old."""
+    if st is None:
+        return f"{params.path} does not exist"
+    if params.max_age is not None and now - st.st_mtime > params.max_age:
+        return f"{params.path} older than {params.max_age:g}s"
+    if since is not None and st.st_mtime < int(since):
+        return f"{params.path} is older than the application's current instance"
+    return None
 
 
 def _match_contents(path: Path, contains: re.Pattern[str]) -> tuple[bool, str]:
@@ -96,6 +110,7 @@ class FileCheck:
         self._params = spec.params
         self._clock = clock
         self._job: asyncio.Future[tuple[bool, str]] | None = None
+        self._since: float | None = None
         self._wakeups = FileWakeups(spec.params.path, spec.timing.period)
 
     def wakeups(self) -> AsyncIterator[None]:
@@ -104,13 +119,16 @@ class FileCheck:
     async def aclose(self) -> None:
         self._wakeups.close()
 
+    def forget_before(self, started_at: float) -> None:
+        self._since = started_at
+
     async def probe(self) -> CheckResult:
         started = self._clock.monotonic()
         while self._job is not None and not self._job.done():
             await asyncio.shield(self._job)
         loop = asyncio.get_running_loop()
         job = loop.run_in_executor(
-            None, functools.partial(evaluate, self._params, self._clock.time())
+            None, functools.partial(evaluate, self._params, self._clock.time(), self._since)
         )
         self._job = job
         ok, detail = await asyncio.shield(job)

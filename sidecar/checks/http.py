@@ -74,6 +74,9 @@ class HttpCheck:
         if session is not None:
             await session.close()
 
+    def forget_before(self, started_at: float) -> None:
+        return None  # every probe asks the live application
+
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(

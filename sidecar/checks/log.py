@@ -85,6 +85,11 @@ class LogCheck:
     def wakeups(self) -> AsyncIterator[None]:
         return self._wakeups.new()
 
+    def forget_before(self, started_at: float) -> None:
+        """Drop the latest match if it was read before the second ``started_at`` falls in."""
+        if self._match is not None and self._match.seen_at < int(started_at):
+            self._match = None
+
     async def aclose(self) -> None:
         self._wakeups.close()
         with self._flags:

@@ -91,6 +91,9 @@ class TcpCheck:
     async def aclose(self) -> None:
         return None
 
+    def forget_before(self, started_at: float) -> None:
+        return None  # every probe asks the live application
+
     async def probe(self) -> CheckResult:
         started = self._clock.monotonic()
         outcome = await self._evaluate()

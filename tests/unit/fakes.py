@@ -129,6 +129,7 @@ class FakeCheck:
         self._channel = _Channel() if events else None
         self.probed_at: list[float] = []  # clock.monotonic() at the start of each probe
         self.cancelled = 0  # hung probes that were cancelled
+        self.forgotten: list[float] = []  # forget_before() calls
         self.closed = False
 
     def script(self, *steps: Step) -> None:
@@ -175,6 +176,9 @@ class FakeCheck:
 
     async def aclose(self) -> None:
         self.closed = True
+
+    def forget_before(self, started_at: float) -> None:
+        self.forgotten.append(started_at)
 
 
 def make_spec(

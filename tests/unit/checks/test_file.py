@@ -211,11 +211,11 @@ async def test_a_hung_evaluation_is_awaited_by_the_next_probe_not_duplicated(
     calls: list[float] = []
     real = file_check.evaluate
 
-    def slow(params: FileParams, now: float) -> tuple[bool, str]:
+    def slow(params: FileParams, now: float, since: float | None) -> tuple[bool, str]:
         calls.append(now)
         if len(calls) == 1:
             assert gate.wait(30)
-        return real(params, now)
+        return real(params, now, since)
 
     monkeypatch.setattr(file_check, "evaluate", slow)
     touch(marker)
