@@ -434,6 +434,21 @@ def condition_type(raw: str) -> str:
     return text
 
 
+_CONTAINER_NAME = re.compile(_DNS_LABEL)
+_MAX_LABEL = 63
+
+
+def container_name(raw: str) -> str:
+    """A container name: a DNS label (RFC 1123), as Kubernetes requires."""
+    text = token(raw)
+    if len(text) > _MAX_LABEL or not _CONTAINER_NAME.fullmatch(text):
+        raise ParseError(
+            "a container name: lower-case letters, digits and -, beginning and ending with a "
+            f"letter or digit, at most {_MAX_LABEL} characters"
+        )
+    return text
+
+
 # --- names ---------------------------------------------------------------------------------------
 
 _SERVICE = r"(?:GATE|CHECK)(?:_[A-Z0-9_]*[A-Z0-9])?"  # a Service's name, upper case, - as _

@@ -26,12 +26,15 @@ Variables, with their defaults:
     GATE_LOG_LEVEL            debug | info | warning | error                             [info]
     GATE_TOKEN_DIR            the service-account token's directory
                               [/var/run/secrets/kubernetes.io/serviceaccount]
+    GATE_CONTAINER_NAME       the agent's own container in the Pod               [readiness-gate]
     GATE_CONFIG_FILE          a YAML file with more settings (below)
     POD_NAME, POD_NAMESPACE, POD_UID     the Pod, from the downward API
     KUBECONFIG, KUBERNETES_SERVICE_HOST, KUBERNETES_SERVICE_PORT     access to the API
 
     CHECK_<ID>_KIND           log | tcp | file | http | exec; <ID> is letters and digits
     CHECK_<ID>_GATE           the condition this check feeds            [GATE_CONDITION_TYPE]
+    CHECK_<ID>_CONTAINER      the container whose restarts reset the check
+                              [every container but the agent's own]
     CHECK_<ID>_PERIOD_SECONDS (and the other timing suffixes) override GATE_* for this check
     CHECK_<ID>_FAST_PERIOD_SECONDS   the same for one tcp or http check
     log:  _PATH, _PATTERN, _FAIL_PATTERN, _START_PATTERN, _MAX_AGE_SECONDS, _FROM (start | end)
@@ -96,6 +99,7 @@ T = TypeVar("T")
 DEFAULT_TOKEN_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 DEFAULT_HTTP_PORT = 9779
 DEFAULT_RESYNC = 300.0
+DEFAULT_CONTAINER_NAME = "readiness-gate"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 _TIMING_SUFFIXES = (
@@ -124,9 +128,10 @@ SETTINGS = (
     "EVENT_DRIVEN",
     "LOG_LEVEL",
     "TOKEN_DIR",
+    "CONTAINER_NAME",
     "CONFIG_FILE",
 )
-COMMON_PARAMETERS = ("KIND", "GATE", *_TIMING_SUFFIXES)
+COMMON_PARAMETERS = ("KIND", "GATE", "CONTAINER", *_TIMING_SUFFIXES)
 KIND_PARAMETERS: Mapping[CheckKind, tuple[str, ...]] = {
     CheckKind.LOG: ("PATH", "PATTERN", "FAIL_PATTERN", "START_PATTERN", "MAX_AGE_SECONDS", "FROM"),
     CheckKind.TCP: ("ADDRESS", "SEND", "EXPECT", _FAST_PERIOD),
@@ -179,6 +184,7 @@ class Settings:
     event_driven: bool = True
     log_level: str = "info"
     api: ApiAccess = ApiAccess()
+    container_name: str = DEFAULT_CONTAINER_NAME
     config_file: Path | None = None
     warnings: tuple[str, ...] = ()  # advice for the startup log, e.g. POD_UID is not set
 
@@ -207,6 +213,7 @@ class Settings:
             "events": self.events,
             "event_driven": self.event_driven,
             "log_level": self.log_level,
+            "container_name": self.container_name,
             "identity": None
             if identity is None
             else {
@@ -351,10 +358,13 @@ def _settings(r: _Reader, *, require_api: bool) -> Settings:
     event_driven = r.get("GATE_EVENT_DRIVEN", p.boolean, True)
     log_level = r.get("GATE_LOG_LEVEL", _log_level, "info")
     token_dir = r.get("GATE_TOKEN_DIR", p.absolute_path, DEFAULT_TOKEN_DIR)
+    container_name = r.get("GATE_CONTAINER_NAME", p.container_name, DEFAULT_CONTAINER_NAME)
     _unknown_settings(r)
     checks = _checks(r, condition_type, defaults, fast_period)
     needs_api = require_api and write and "GATE_WRITE" not in r.failed
     identity, warnings = _identity(r, required=needs_api)
+    if not write:
+        warnings += _containers_unseen(checks)
     return Settings(
         identity=identity,
         condition_type=condition_type,
@@ -371,6 +381,7 @@ def _settings(r: _Reader, *, require_api: bool) -> Settings:
         event_driven=event_driven,
         log_level=log_level,
         api=_api(r, token_dir, required=needs_api),
+        container_name=container_name,
         config_file=Path(r.file) if r.file else None,
         warnings=warnings,
     )
@@ -483,13 +494,34 @@ def _check(
     _unknown_parameters(r, check_id, suffixes, kind)
     timing = _timing(r, (prefix, "GATE_"), defaults)
     gate = r.get(prefix + "GATE", p.condition_type, default_gate)
+    container = r.parse(prefix + "CONTAINER", p.container_name)
     params = _PARAMS[kind](r, prefix) if kind is not None else None
     if kind is None:
         return None
     timing = replace(timing, fast_period=_fast_period(r, prefix, kind, timing.period, fast_period))
     if params is None:
         return None
-    return CheckSpec(id=check_id, kind=kind, gate=gate, timing=timing, params=params)
+    return CheckSpec(
+        id=check_id, kind=kind, gate=gate, timing=timing, params=params, container=container
+    )
+
+
+def _containers_unseen(checks: tuple[CheckSpec, ...]) -> tuple[str, ...]:
+    """Probe-only mode reads no Pod: CHECK_<ID>_CONTAINER cannot take effect."""
+    warnings = []
+    for check in checks:
+        if check.container is None:
+            continue
+        hint = (
+            f"; set CHECK_{check.id}_START_PATTERN to the line the application logs when it starts"
+            if check.kind is CheckKind.LOG
+            else ""
+        )
+        warnings.append(
+            f"CHECK_{check.id}_CONTAINER has no effect with GATE_WRITE=false: without API access "
+            f"the agent cannot see container restarts{hint}"
+        )
+    return tuple(warnings)
 
 
 def _fast_period(
@@ -715,6 +747,7 @@ def _describe_check(check: CheckSpec) -> dict[str, object]:
         "id": check.id,
         "kind": str(check.kind),
         "gate": check.gate,
+        "container": check.container,
         "timing": _describe_timing(check.timing),
         **_describe_params(check.params),
     }

@@ -57,6 +57,25 @@ class Metrics:
             buckets=_API_BUCKETS,
             registry=reg,
         )
+        self.container_restarts = Counter(
+            f"{ns}_container_restarts",
+            "New instances of a followed container (another container ID) seen in the Pod's "
+            "status after the first.",
+            ["container"],
+            registry=reg,
+        )
+        self.watch_events = Counter(
+            f"{ns}_watch_events",
+            "Events received on the watch of our own Pod, by type.",
+            ["type"],
+            registry=reg,
+        )
+        self.events_dropped = Counter(
+            f"{ns}_events_dropped",
+            "Kubernetes Events not sent because the queue was full or the API refused them.",
+            ["reason"],
+            registry=reg,
+        )
         self.time_to_first_ready = Gauge(
             f"{ns}_seconds_to_first_ready",
             "Seconds from agent start to the first time the gate was written True.",

@@ -118,6 +118,9 @@ class CheckSpec:
     gate: str | None
     timing: Timing
     params: CheckParams
+    # The container whose instances the check's evidence belongs to (CHECK_<ID>_CONTAINER); None:
+    # every application container of the Pod (all but the agent's own).
+    container: str | None = None
 
     @property
     def label(self) -> str:

@@ -4,6 +4,12 @@ A check is PENDING until its thresholds decide: ``success_threshold`` consecutiv
 READY, ``failure_threshold`` consecutive failures make it NOT_READY (kubelet semantics). Pending is
 not a failure: it never turns a gate condition that is already True on the API server to False, so
 a restarted agent cannot cause an outage before it has evidence.
+
+The container lifecycle adds a :class:`Cause` to a check's state. A check whose container is not
+running is NOT_READY at once (``CONTAINER_NOT_RUNNING``, no failure threshold). A check whose
+container has a new instance is PENDING again, but *known* not to be ready
+(``CONTAINER_STARTED``): whatever the server says was evidence of the previous instance, so such a
+check makes its gate False (``ContainerRestarted``) until its thresholds decide again.
 """
 
 from __future__ import annotations
@@ -29,6 +35,15 @@ class GateReason(StrEnum):
     FAILED = "CheckFailed"
     PENDING = "ChecksPending"
     STOPPED = "AgentStopped"
+    CONTAINER_NOT_RUNNING = "ContainerNotRunning"
+    CONTAINER_RESTARTED = "ContainerRestarted"
+
+
+class Cause(StrEnum):
+    """Why a check is in its state when the container lifecycle, not a probe, put it there."""
+
+    CONTAINER_NOT_RUNNING = "container_not_running"
+    CONTAINER_STARTED = "container_started"
 
 
 class Threshold:
@@ -39,6 +54,12 @@ class Threshold:
         self._last: bool | None = None
         self._run = 0
         self.state = CheckState.PENDING
+
+    def reset(self, state: CheckState = CheckState.PENDING) -> None:
+        """Start counting afresh (a new container instance), from ``state``."""
+        self._last = None
+        self._run = 0
+        self.state = state
 
     def record(self, ok: bool) -> CheckState:
         self._run = self._run + 1 if ok == self._last else 1
@@ -59,6 +80,12 @@ class CheckStatus:
     # without changing the state (fewer failures than the failure threshold) is only ``last``, so
     # it changes neither the condition's message nor costs a write.
     evidence: CheckResult | None = None
+    cause: Cause | None = None
+
+    @property
+    def known_not_ready(self) -> bool:
+        """Not ready, decided: NOT_READY, or PENDING after the container started anew."""
+        return self.state is CheckState.NOT_READY or self.cause is Cause.CONTAINER_STARTED
 
     @property
     def summary(self) -> str:
@@ -82,8 +109,8 @@ class GateState:
 def aggregate(key: str | None, mode: GateMode, checks: Iterable[CheckStatus]) -> GateState:
     checks = list(checks)
     ready = [c for c in checks if c.state is CheckState.READY]
-    failed = [c for c in checks if c.state is CheckState.NOT_READY]
-    pending = [c for c in checks if c.state is CheckState.PENDING]
+    failed = [c for c in checks if c.known_not_ready]
+    pending = [c for c in checks if c.state is CheckState.PENDING and not c.known_not_ready]
     if mode is GateMode.ALL:
         passed, decided_false = not failed and not pending, bool(failed)
     else:
@@ -92,8 +119,18 @@ def aggregate(key: str | None, mode: GateMode, checks: Iterable[CheckStatus]) ->
         shown = ready if mode is GateMode.ANY else checks
         return _state(key, ok=True, pending=False, reason=GateReason.PASSED, shown=shown)
     if decided_false:
-        return _state(key, ok=False, pending=False, reason=GateReason.FAILED, shown=failed)
+        return _state(key, ok=False, pending=False, reason=_failure_reason(failed), shown=failed)
     return _state(key, ok=False, pending=True, reason=GateReason.PENDING, shown=pending)
+
+
+def _failure_reason(failed: list[CheckStatus]) -> GateReason:
+    """CheckFailed when a probe failed; else what the container lifecycle says."""
+    causes = {c.cause for c in failed}
+    if None in causes:
+        return GateReason.FAILED
+    if Cause.CONTAINER_NOT_RUNNING in causes:
+        return GateReason.CONTAINER_NOT_RUNNING
+    return GateReason.CONTAINER_RESTARTED
 
 
 def _state(
@@ -145,27 +182,36 @@ class Results:
     def has_results(self) -> bool:
         return all(c.last is not None for c in self._checks.values())
 
-    def update(self, check_id: str, result: CheckResult, state: CheckState) -> bool:
-        """Record a probe outcome; True when anything a reader shows changed."""
+    def update(
+        self, check_id: str, result: CheckResult, state: CheckState, cause: Cause | None = None
+    ) -> bool:
+        """Record a probe outcome; True when anything a reader shows changed.
+
+        ``cause``: the container lifecycle decided ``state``. A check pending after its container
+        started anew stays known-not-ready while its probes keep it pending.
+        """
         old = self._checks[check_id]
+        if cause is None and state is CheckState.PENDING and old.state is CheckState.PENDING:
+            cause = old.cause
         # An inconclusive result (still reading) is shown as ``last`` but never as the evidence.
         agrees = not result.inconclusive and (
             state is CheckState.PENDING or result.ok == (state is CheckState.READY)
         )
+        if cause is Cause.CONTAINER_STARTED and old.cause is cause:
+            agrees = False  # the message keeps saying why: the container started anew
         evidence = result if agrees else old.evidence
-        if old.state is state and result.same_evidence(old.last):
-            self._checks[check_id] = CheckStatus(
-                spec=old.spec,
-                state=state,
-                last=result,
-                changed_at=old.changed_at,
-                evidence=evidence,
-            )
-            return False
+        same = old.state is state and old.cause is cause and result.same_evidence(old.last)
         changed_at = result.at if old.state is not state else old.changed_at
         self._checks[check_id] = CheckStatus(
-            spec=old.spec, state=state, last=result, changed_at=changed_at, evidence=evidence
+            spec=old.spec,
+            state=state,
+            last=result,
+            changed_at=changed_at,
+            evidence=evidence,
+            cause=cause,
         )
+        if same:
+            return False
         self._version += 1
         self._notify()
         return True

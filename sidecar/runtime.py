@@ -17,14 +17,19 @@ from typing import Any
 import structlog
 
 from sidecar import __version__
+from sidecar.api import KubePodApi, PodApi
+from sidecar.apihealth import ApiStatus
 from sidecar.checks import Check, build_check
 from sidecar.clock import Clock, SystemClock
 from sidecar.config import Settings
-from sidecar.gate import GateWriter, KubePodApi, PodApi
+from sidecar.containers import Containers
+from sidecar.events import EventRecorder
+from sidecar.gate import GateWriter
 from sidecar.metrics import Metrics
 from sidecar.model import ShutdownPolicy
+from sidecar.pod import PodObserver
 from sidecar.prober import Worker
-from sidecar.results import Results
+from sidecar.results import CheckStatus, Results
 from sidecar.server import Server
 
 
@@ -50,35 +55,71 @@ class Agent:
         self.registry = self.metrics.registry
         self.checks: list[Check] = [build_check(spec, self.clock) for spec in settings.checks]
         self.results = Results(settings.checks, settings.mode)
-        self.workers = [
-            Worker(
+        restarts = self.metrics.container_restarts
+        self.containers = Containers(settings.container_name, lambda n: restarts.labels(n).inc())
+        self.workers = {
+            c.spec.id: Worker(
                 c,
                 self.results,
                 clock=self.clock,
                 rng=rng,
                 metrics=self.metrics,
                 event_driven=settings.event_driven,
+                following=self.containers.follow(c.spec.container) if settings.write else None,
             )
             for c in self.checks
-        ]
+        }
         self.api: PodApi | None = None
+        self.api_status: ApiStatus | None = None
+        self.observer: PodObserver | None = None
         self.writer: GateWriter | None = None
+        self.events: EventRecorder | None = None
         if settings.write:
-            assert settings.identity is not None, "config requires POD_NAME/POD_NAMESPACE to write"
-            self.api = api or KubePodApi(settings.api, settings.identity, self.metrics)
-            self.writer = GateWriter(
-                self.api,
-                self.results,
-                identity=settings.identity,
-                condition_type=settings.condition_type,
-                resync=settings.resync,
-                events=settings.events,
-                clock=self.clock,
-                rng=rng,
-                metrics=self.metrics,
-            )
+            self._wire_api(settings, api, rng)
         self.server = Server(self, settings.http_host, settings.http_port)
         self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def _wire_api(self, settings: Settings, api: PodApi | None, rng: random.Random) -> None:
+        identity = settings.identity
+        assert identity is not None, "config requires POD_NAME/POD_NAMESPACE to write"
+        self.api = api or KubePodApi(settings.api, identity, self.metrics)
+        self.api_status = ApiStatus(
+            pod=f"{identity.namespace}/{identity.pod_name}",
+            namespace=identity.namespace,
+            reload_credentials=self.api.reload_credentials,
+        )
+        self.observer = PodObserver(
+            self.api,
+            self.api_status,
+            identity=identity,
+            clock=self.clock,
+            rng=rng,
+            metrics=self.metrics,
+            resync=settings.resync,
+        )
+        observer = self.observer
+        if settings.events:
+            self.events = EventRecorder(
+                self.api, identity=identity, uid=lambda: observer.uid, clock=self.clock,
+                metrics=self.metrics,
+            )  # fmt: skip
+        self.writer = GateWriter(
+            self.api,
+            self.results,
+            self.api_status,
+            identity=identity,
+            condition_type=settings.condition_type,
+            clock=self.clock,
+            rng=rng,
+            metrics=self.metrics,
+            events=self.events,
+            uid=lambda: observer.uid,
+            reread=observer.reread,
+        )
+        observer.consumers += [self._containers_seen, self.writer.observe]
+
+    def _containers_seen(self, pod: Mapping[str, Any], _: bool) -> None:
+        self.containers.update(pod)
 
     # --- running -----------------------------------------------------------------------------
 
@@ -96,10 +137,13 @@ class Agent:
             for warning in self.settings.warnings:
                 log.warning("config_warning", message=warning)
             async with asyncio.TaskGroup() as group:
-                for worker in self.workers:
+                for worker in self.workers.values():
                     self._spawn(group, f"check-{worker.spec.id}", worker.run())
-                if self.writer is not None:
+                if self.writer is not None and self.observer is not None:
+                    self._spawn(group, "pod-observer", self.observer.run())
                     self._spawn(group, "gate-writer", self.writer.run())
+                if self.events is not None:
+                    self._spawn(group, "events", self.events.run())
                 group.create_task(_raise_when_set(stop))
         except* _StopRequestedError:
             pass
@@ -125,15 +169,18 @@ class Agent:
 
     def health(self) -> tuple[bool, Mapping[str, Any]]:
         now = self.clock.monotonic()
-        overdue = [w.spec.id for w in self.workers if w.overdue(now)]
-        dead = [n for n, t in self._tasks.items() if t.done() and n != "gate-writer"]
+        overdue = [w.spec.id for w in self.workers.values() if w.overdue(now)]
+        # The API loops end on purpose when the Pod is gone.
+        dead = [n for n, t in self._tasks.items() if t.done() and n not in _API_LOOPS]
         return not overdue and not dead, {"overdue_checks": overdue, "stopped_loops": dead}
 
     def ready(self) -> tuple[bool, str]:
-        if self.writer is not None:
+        if self.writer is not None and self.api_status is not None:
+            if self.api_status.gone:
+                return False, f"not writing: {self.api_status.message}"
             if self.writer.status.synced:
                 return True, "synchronised with the API server"
-            return False, f"not yet synchronised with the API server ({self.writer.status.api})"
+            return False, f"not yet synchronised with the API server ({self.api_status.health})"
         if self.results.has_results():
             return True, "every check has run"
         return False, "waiting for the first result of every check"
@@ -163,20 +210,28 @@ class Agent:
                 "on_server": server.to_json() if server else None,
                 "last_write_at": record.last_write_at if record else None,
                 "transitions": record.transitions if record else 0,
+                "repairs": record.repairs if record else 0,
             }
+        api = self.api_status
+        observer = self.observer
         return {
             "pod": self._pod(),
             "write": self.settings.write,
             "api": {
-                "health": str(writer.api),
-                "message": writer.api_message,
+                "health": str(api.health),
+                "message": api.message,
                 "writes": writer.writes,
+                "reads": observer.reads,
+                "watches": observer.watches,
+                "watching": observer.watching,
             }
-            if writer
+            if writer and api and observer
             else None,
             "pod_declares": writer.pod_declares if writer else None,
             "gates": gates,
-            "checks": {cid: _check_status(c) for cid, c in self.results.checks.items()},
+            "checks": {
+                cid: _check_status(c, self.workers[cid]) for cid, c in self.results.checks.items()
+            },
         }
 
     def _pod(self) -> str | None:
@@ -184,17 +239,30 @@ class Agent:
         return f"{ident.namespace}/{ident.pod_name}" if ident else None
 
 
-def _check_status(status: Any) -> dict[str, Any]:
+def _check_status(status: CheckStatus, worker: Worker) -> dict[str, Any]:
     last = status.last
+    lifecycle = worker.lifecycle
     return {
         "kind": str(status.spec.kind),
         "gate": status.spec.gate,
         "state": str(status.state),
+        "cause": str(status.cause) if status.cause else None,
         "changed_at": status.changed_at,
+        "follows": {
+            "container": status.spec.container,
+            "state": str(lifecycle.kind),
+            "message": lifecycle.message or None,
+            "containers": [i.describe() for i in lifecycle.instances],
+        }
+        if lifecycle is not None
+        else None,
         "last": {"ok": last.ok, "detail": last.detail, "at": last.at, "duration": last.duration}
         if last
         else None,
     }
+
+
+_API_LOOPS = frozenset({"pod-observer", "gate-writer"})
 
 
 async def _raise_when_set(stop: asyncio.Event) -> None:

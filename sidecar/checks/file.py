@@ -64,10 +64,10 @@ def _present(
     params: FileParams, st: os.stat_result, now: float, not_before: float | None
 ) -> tuple[bool, str]:
     path = params.path
-    if not_before is not None and st.st_mtime < not_before:
-        return False, f"{path} is older than the application's current instance"
     if params.max_age is not None and now - st.st_mtime > params.max_age:
         return False, f"{path} older than {params.max_age:g}s"
+    if not_before is not None and st.st_mtime < not_before:
+        return False, f"{path} is older than the application's current instance"
     if params.contains is None:
         return True, f"{path} exists"
     return _match_contents(path, params.contains)

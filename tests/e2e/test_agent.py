@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import calendar
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -247,18 +249,21 @@ def test_restarted_agent_keeps_an_existing_true_until_its_checks_decide(
     tmp_path: Path,
 ) -> None:
     marker = tmp_path / "ready"
-    marker.touch()
     pod = make_pod()
+    marker.touch()  # by the running application: evidence older than its container would not count
     first = start_agent(pod, CHECK_APP_KIND="file", CHECK_APP_PATH=str(marker), **FAST)
     true_before = wait_gate(admin, pod, "True", first)
     wait_ready(admin, pod, "True")
     first.stop()
 
+    # The initial delay counts from the container's start, as for kubelet probes: 3 s from now.
+    started = _pod(admin, pod)["status"]["containerStatuses"][0]["state"]["running"]["startedAt"]
+    delay = time.time() - calendar.timegm(time.strptime(started, "%Y-%m-%dT%H:%M:%SZ")) + 3
     second = start_agent(
         pod,
         CHECK_APP_KIND="file",
         CHECK_APP_PATH=str(marker),
-        CHECK_APP_INITIAL_DELAY_SECONDS="3",
+        CHECK_APP_INITIAL_DELAY_SECONDS=f"{delay:.0f}",
         **FAST,
     )
     second.wait_for_log("pod_synced")

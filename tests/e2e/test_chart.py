@@ -181,7 +181,7 @@ def test_defaults_render_the_rbac_and_the_policy_only(helm: Helm) -> None:
     assert account["metadata"]["name"] == "readiness-gate-sidecar-gate"
     (role,) = by_kind(docs, "Role")
     assert role["rules"] == [
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
         {"apiGroups": [""], "resources": ["pods/status"], "verbs": ["patch"]},
         {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
     ]

@@ -9,6 +9,7 @@ write is built with ``sidecar.conditions.status_patch``: byte for byte what the 
 from __future__ import annotations
 
 import base64
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -244,6 +245,34 @@ def test_service_accounts_named_with_the_agent_prefix_are_restricted_too(
     )
 
 
+def test_agent_token_may_list_and_watch_its_own_pod_by_name(
+    control_plane: ControlPlane, admin: KubeClient, make_pod: Callable[..., PodRef]
+) -> None:
+    pod = make_pod()
+    agent = token_client(control_plane, pod)
+    pods = f"/api/v1/namespaces/{pod.namespace}/pods"
+    by_name = f"metadata.name={pod.name}"
+
+    listed = agent.get(pods, fieldSelector=by_name)
+    assert [item["metadata"]["uid"] for item in listed["items"]] == [pod.uid]
+    version = listed["metadata"]["resourceVersion"]
+    # What the agent's Pod observer does: a watch of its own Pod from a list's version. The
+    # server closes it after timeoutSeconds; a bookmark arrives just before.
+    lines = agent.stream(
+        pods,
+        watch="true",
+        fieldSelector=by_name,
+        resourceVersion=version,
+        allowWatchBookmarks="true",
+        timeoutSeconds="3",
+    )
+    assert all(json.loads(line)["type"] in {"BOOKMARK", "MODIFIED"} for line in lines), lines
+    # Nothing cluster-wide: not even a list of Pods outside the namespace.
+    with pytest.raises(ApiError) as denied:
+        agent.get("/api/v1/pods", fieldSelector=by_name)
+    assert denied.value.status == 403
+
+
 def test_token_is_denied_in_another_namespace_by_rbac(
     control_plane: ControlPlane, admin: KubeClient, make_pod: Callable[..., PodRef]
 ) -> None:
@@ -261,6 +290,9 @@ def test_token_is_denied_in_another_namespace_by_rbac(
         with pytest.raises(ApiError) as unreadable:
             agent.pod(other.namespace, other.name)
         assert unreadable.value.status == 403
+        with pytest.raises(ApiError) as unwatchable:
+            agent.stream(f"/api/v1/namespaces/{elsewhere}/pods", watch="true", timeoutSeconds="1")
+        assert unwatchable.value.status == 403
     finally:
         delete_namespace(control_plane, elsewhere)
 

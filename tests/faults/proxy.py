@@ -85,6 +85,7 @@ class FaultProxy:
         self._release: asyncio.Event | None = None
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
+        self._streams: set[aiohttp.ClientResponse] = set()  # watches being passed on
         self.port = 0
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -125,6 +126,8 @@ class FaultProxy:
         return port
 
     async def _stop(self) -> int:
+        for upstream in list(self._streams):
+            upstream.close()  # ends the watches' handlers, so the server can stop at once
         if self._runner is not None:
             await self._runner.cleanup()
         if self._session is not None:
@@ -208,6 +211,8 @@ class FaultProxy:
         if rule is not None and rule.status is not None:
             self._record(now, method, path, rule.status, faulted=True)
             return _status_response(rule.status, rule.retry_after)
+        if request.query.get("watch", "").lower() in ("true", "1"):  # kubernetes-asyncio: True
+            return await self._stream(request, now)
         status, payload, content_type = await self._forward(request, body)
         self._record(now, method, path, status, faulted=False)
         response = web.Response(status=status, body=payload)
@@ -243,6 +248,33 @@ class FaultProxy:
         except (aiohttp.ClientError, OSError, TimeoutError) as err:
             message = f"fault proxy: upstream unreachable: {type(err).__name__}"
             return 502, _status_body(502, message), "application/json"
+
+    async def _stream(self, request: web.Request, now: float) -> web.StreamResponse:
+        """A watch: the API server's answer passed on as it comes, for as long as it lasts."""
+        assert self._session is not None
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
+        forever = aiohttp.ClientTimeout(total=None, sock_connect=10)
+        try:
+            async with self._session.get(
+                self._upstream + request.path_qs, headers=headers, timeout=forever
+            ) as upstream:
+                self._record(now, request.method, request.path, upstream.status, faulted=False)
+                response = web.StreamResponse(status=upstream.status)
+                response.content_type = upstream.content_type
+                await response.prepare(request)
+                self._streams.add(upstream)
+                try:
+                    async for chunk in upstream.content.iter_any():
+                        await response.write(chunk)
+                except (aiohttp.ClientError, OSError):
+                    pass  # the API server (or the proxy's stop) ended the watch
+                finally:
+                    self._streams.discard(upstream)
+                return response
+        except (aiohttp.ClientError, OSError, TimeoutError) as err:
+            message = f"fault proxy: upstream unreachable: {type(err).__name__}"
+            self._record(now, request.method, request.path, 502, faulted=False)
+            return web.Response(status=502, body=_status_body(502, message))
 
     def _record(self, at: float, method: str, path: str, status: int, *, faulted: bool) -> None:
         with self._lock:

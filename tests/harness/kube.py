@@ -104,6 +104,19 @@ class KubeClient:
     def delete(self, path: str, **query: str) -> JSON:
         return self.request("DELETE", path, query=query or None)
 
+    def stream(self, path: str, **query: str) -> list[str]:
+        """The lines of a streamed answer (a watch with ``timeoutSeconds``), once it ends."""
+        url = self.server + path + "?" + urllib.parse.urlencode(query)
+        req = urllib.request.Request(url)
+        if self._token:
+            req.add_header("Authorization", f"Bearer {self._token}")
+        seconds = float(query.get("timeoutSeconds", 0)) + self.timeout
+        try:
+            with urllib.request.urlopen(req, timeout=seconds, context=self._ssl) as resp:
+                return [line for line in resp.read().decode().splitlines() if line.strip()]
+        except urllib.error.HTTPError as err:
+            raise ApiError(err.code, err.read().decode(errors="replace"), "GET", path) from None
+
     def raw(self, path: str) -> str:
         req = urllib.request.Request(self.server + path)
         if self._token:

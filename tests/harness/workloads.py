@@ -125,10 +125,18 @@ def create_pod(
     if wait_running:
         wait_for(
             f"pod {namespace}/{name} to run with ContainersReady",
-            lambda: condition_status(client.pod(namespace, name), "ContainersReady") == "True",
+            lambda: _running(client.pod(namespace, name)),
             timeout=60,
         )
     return ref
+
+
+def _running(pod: JSON) -> bool:
+    """ContainersReady, and every container started (the hollow kubelet reports its containers
+    ready while they are still ContainerCreating: evidence made then would predate them)."""
+    statuses = pod.get("status", {}).get("containerStatuses") or []
+    started = all("running" in (s.get("state") or {}) for s in statuses)
+    return bool(statuses) and started and condition_status(pod, "ContainersReady") == "True"
 
 
 def create_service(

@@ -1,13 +1,21 @@
 """A fake Kubernetes API server at the HTTP level, for testing the gate writer end to end.
 
-A real aiohttp server on 127.0.0.1 that serves the three requests the agent makes:
+A real aiohttp server on 127.0.0.1 that serves the requests the agent makes:
 
 - ``GET /api/v1/namespaces/{ns}/pods/{name}``
+- ``GET /api/v1/namespaces/{ns}/pods?watch=true&fieldSelector=metadata.name={name}`` from a
+  ``resourceVersion``: every change of the Pod after it, in order, as the watch cache serves them
+  (``410 Gone`` as an ERROR event for a version older than the kept history, see ``compact``);
+  ``BOOKMARK`` events on demand (``bookmark``); the stream ends after ``timeoutSeconds`` or on
+  ``end_watches``; ``hang_watches`` makes streams go silent (no events, no end)
 - ``PATCH /api/v1/namespaces/{ns}/pods/{name}/status``: strategic merge patch only (415 otherwise);
   ``status.conditions`` merged by ``type`` like the real server (other conditions kept, fields a
   patch omits kept, ``lastTransitionTime`` never set by the server); ``metadata.uid`` is a
   precondition (409 when it differs, with the real server's message)
-- ``POST /api/v1/namespaces/{ns}/events``
+- ``POST /api/v1/namespaces/{ns}/events``, ``PATCH /api/v1/namespaces/{ns}/events/{name}``
+
+Every change of the Pod (a status patch, ``set_condition``, ``set_container``, ``replace_pod``,
+``delete_pod``) gets a new resourceVersion and is sent to the open watches.
 
 Every request is recorded (method, path, headers including Authorization, JSON body, arrival time,
 the status answered). Answers can be scripted per route: the next request(s) get a given
@@ -37,8 +45,10 @@ STRATEGIC_MERGE = "application/strategic-merge-patch+json"
 
 class Route(StrEnum):
     GET = "get"  # GET the Pod
+    WATCH = "watch"  # open a watch of the Pod
     PATCH = "patch"  # PATCH the Pod's status
     EVENT = "event"  # POST an Event
+    EVENT_PATCH = "event_patch"  # PATCH an Event (count, lastTimestamp)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,6 +72,7 @@ DROP = Reply(drop=True)
 class Recorded:
     method: str
     path: str
+    query: Mapping[str, str]
     route: Route
     headers: Mapping[str, str]
     body: Any
@@ -141,6 +152,12 @@ class FakeApiServer:
         self._release = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.port = 0
+        self.history: list[tuple[int, str, JSON]] = []  # (resourceVersion, type, Pod) per change
+        self._oldest = 0  # versions below this were compacted away
+        self._change = asyncio.Event()
+        self._end_watches = asyncio.Event()
+        self.watches_hang = False
+        self.open_watches = 0
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -153,8 +170,10 @@ class FakeApiServer:
         app = web.Application()
         base = "/api/v1/namespaces/{namespace}"
         app.router.add_get(base + "/pods/{name}", self._get)
+        app.router.add_get(base + "/pods", self._watch)
         app.router.add_patch(base + "/pods/{name}/status", self._patch)
         app.router.add_post(base + "/events", self._event)
+        app.router.add_patch(base + "/events/{event}", self._event_patch)
         runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.2)
         await runner.setup()
         try:
@@ -170,9 +189,11 @@ class FakeApiServer:
         if self._runner is None:
             return
         self._release.set()
+        self._end_watches.set()
         runner, self._runner = self._runner, None
         await runner.cleanup()
         self._release = asyncio.Event()
+        self._end_watches = asyncio.Event()
 
     # --- scripting ---------------------------------------------------------------------------
 
@@ -202,8 +223,19 @@ class FakeApiServer:
         for index, found in enumerate(conditions):
             if found.get("type") == condition["type"]:
                 conditions[index] = dict(condition)
-                return
-        conditions.append(dict(condition))
+                break
+        else:
+            conditions.append(dict(condition))
+        self._changed("MODIFIED")
+
+    def set_container(self, name: str, state: JSON, *, container_id: str, restarts: int) -> None:
+        """Report a container status, as the kubelet does (``state``: ``{"running": {...}}``)."""
+        assert self.pod is not None
+        statuses: list[JSON] = self.pod["status"].setdefault("containerStatuses", [])
+        status = {"name": name, "state": state, "containerID": container_id,
+                  "restartCount": restarts, "ready": "running" in state}  # fmt: skip
+        statuses[:] = [s for s in statuses if s.get("name") != name] + [status]
+        self._changed("MODIFIED")
 
     def replace_pod(self, uid: str) -> None:
         """Delete the Pod and create one with the same name (a StatefulSet replacement)."""
@@ -211,7 +243,54 @@ class FakeApiServer:
         pod = copy.deepcopy(self.pod)
         pod["metadata"]["uid"] = uid
         pod["status"]["conditions"] = []
+        self._changed("DELETED")
         self.pod = pod
+        self._changed("ADDED")
+
+    def delete_pod(self) -> None:
+        self._changed("DELETED")
+        self.pod = None
+
+    # --- the watch ---------------------------------------------------------------------------
+
+    @property
+    def resource_version(self) -> int:
+        assert self.pod is not None
+        return int(self.pod["metadata"]["resourceVersion"])
+
+    def _changed(self, kind: str) -> None:
+        assert self.pod is not None
+        if kind != "DELETED":
+            version = self.resource_version + 1
+            self.pod["metadata"]["resourceVersion"] = str(version)
+        else:
+            version = self.resource_version + 1
+        self.history.append((version, kind, copy.deepcopy(self.pod)))
+        if kind == "DELETED":
+            self.pod["metadata"]["resourceVersion"] = str(version)
+        self._change.set()
+        self._change = asyncio.Event()
+
+    def bookmark(self) -> None:
+        """Every open watch gets a BOOKMARK at the current resourceVersion."""
+        self.history.append((-1, "BOOKMARK", {}))
+        self._change.set()
+        self._change = asyncio.Event()
+
+    def send_error(self, code: int, message: str) -> None:
+        """Every open watch gets an ERROR event with a Status of ``code`` (and then ends)."""
+        self.history.append((-2, "ERROR", _status(code, message, _REASONS.get(code, ""))))
+        self._change.set()
+        self._change = asyncio.Event()
+
+    def compact(self) -> None:
+        """Forget the history: a watch from any version seen so far gets 410 Gone."""
+        self._oldest = self.resource_version + 1
+
+    def end_watches(self) -> None:
+        """Close every open watch stream, as the server does at a watch's timeout."""
+        self._end_watches.set()
+        self._end_watches = asyncio.Event()
 
     def _conditions(self) -> list[JSON]:
         assert self.pod is not None
@@ -251,6 +330,67 @@ class FakeApiServer:
         record = await self._record(request, Route.EVENT)
         return await self._answer(request, record, self._serve_event)
 
+    async def _event_patch(self, request: web.Request) -> web.StreamResponse:
+        record = await self._record(request, Route.EVENT_PATCH)
+        return await self._answer(request, record, self._serve_event_patch)
+
+    async def _watch(self, request: web.Request) -> web.StreamResponse:
+        record = await self._record(request, Route.WATCH)
+        answer = await self._answer(request, record, self._check_watch)
+        if answer.status != 200:
+            return answer
+        return await self._stream(request)
+
+    def _check_watch(self, request: web.Request, record: Recorded) -> web.Response:
+        query = request.query
+        if query.get("watch") not in ("true", "1", "True"):
+            return self._error(405, "only watches of one Pod are served here")
+        if query.get("fieldSelector") != f"metadata.name={self.name}":
+            return self._error(400, f"expected fieldSelector=metadata.name={self.name}")
+        return web.Response(status=200)
+
+    async def _stream(self, request: web.Request) -> web.StreamResponse:
+        since = int(request.query.get("resourceVersion") or 0)
+        timeout = float(request.query.get("timeoutSeconds") or 1800)
+        response = web.StreamResponse()
+        response.content_type = "application/json"
+        await response.prepare(request)
+        self.open_watches += 1
+        try:
+            async with asyncio.timeout(timeout):
+                await self._send_events(response, since)
+        except (TimeoutError, ConnectionResetError):
+            pass
+        finally:
+            self.open_watches -= 1
+        return response
+
+    async def _send_events(self, response: web.StreamResponse, since: int) -> None:
+        if since < self._oldest:
+            await _send(response, "ERROR", _status(410, "too old resource version", "Expired"))
+            return
+        sent = next((i for i, (v, _, _) in enumerate(self.history) if v > since), len(self.history))
+        end = self._end_watches
+        while not end.is_set():
+            while sent < len(self.history) and not self.watches_hang:
+                version, kind, pod = self.history[sent]
+                sent += 1
+                if kind == "BOOKMARK":
+                    meta = {"resourceVersion": str(self.resource_version)}
+                    await _send(response, kind, {"kind": "Pod", "metadata": meta})
+                elif kind == "ERROR":
+                    await _send(response, kind, pod)
+                    return
+                elif version > since:
+                    await _send(response, kind, pod)
+            change = self._change
+            waiters = [asyncio.ensure_future(e.wait()) for e in (change, end)]
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+
     async def _record(self, request: web.Request, route: Route) -> Recorded:
         raw = await request.read()
         body: Any = None
@@ -262,6 +402,7 @@ class FakeApiServer:
         record = Recorded(
             method=request.method,
             path=request.path,
+            query=dict(request.query),
             route=route,
             headers=dict(request.headers),
             body=body,
@@ -336,9 +477,18 @@ class FakeApiServer:
                     return self._error(422, f'Pod "{self.name}" is invalid: {problem}')
             else:
                 pod["status"][key] = _merge(pod["status"].get(key), value)
-        pod["metadata"]["resourceVersion"] = str(int(pod["metadata"]["resourceVersion"]) + 1)
-        self.pod = pod
-        return web.json_response(pod)
+        if pod != self.pod:  # like etcd: no change, no new version
+            self.pod = pod
+            self._changed("MODIFIED")
+        return web.json_response(self.pod)
+
+    def _serve_event_patch(self, request: web.Request, record: Recorded) -> web.Response:
+        name = request.match_info["event"]
+        for event in self.events:
+            if event["metadata"]["name"] == name:
+                event.update(record.body if isinstance(record.body, dict) else {})
+                return web.json_response(event)
+        return self._error(404, f'events "{name}" not found')
 
     def _serve_event(self, request: web.Request, record: Recorded) -> web.Response:
         event = dict(record.body) if isinstance(record.body, dict) else {}
@@ -348,6 +498,10 @@ class FakeApiServer:
         event["metadata"] = meta
         self.events.append(event)
         return web.json_response(event, status=201)
+
+
+async def _send(response: web.StreamResponse, kind: str, obj: JSON) -> None:
+    await response.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
 
 
 def _merge(old: Any, new: Any) -> Any:

@@ -1,4 +1,5 @@
-"""The gate writer, with the real KubePodApi (kubernetes_asyncio), against a fake API server.
+"""The gate writer and the Pod observer, with the real KubePodApi (kubernetes_asyncio), against a
+fake API server that also serves the watch.
 
 Real sockets, a real token file, a real clock; small backoff and request timeouts through the
 constructors so that each test takes well under two seconds.
@@ -8,231 +9,49 @@ from __future__ import annotations
 
 import asyncio
 import calendar
-import contextlib
-import itertools
 import os
 import random
 import statistics
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-import structlog
 from structlog.typing import EventDict
 
-from sidecar.clock import SystemClock
-from sidecar.conditions import timestamp
-from sidecar.config import ApiAccess, Identity
-from sidecar.gate import (
+from sidecar.api import (
     STRATEGIC_MERGE,
     USER_AGENT,
-    ApiHealth,
-    Backoff,
-    Credentials,
-    GateWriter,
-    KubePodApi,
     build_configuration,
-    token_configuration,
 )
-from sidecar.metrics import Metrics
-from sidecar.model import CheckKind, CheckResult, CheckSpec, FileParams, GateMode, Timing
-from sidecar.results import CheckState, Results
-from tests.unit.fake_apiserver import DROP, HANG, FakeApiServer, Recorded, Reply, Route, make_pod
-
-NS = "shop"
-POD = "web-0"
-UID = "0c7a5c1e-7d47-4c3b-9d6e-1f3f0e0b7a11"
-GATE = "example.com/tomcat-ready"
-TOKEN = "eyJhbGciOiJSUzI1NiJ9.first-token-0000"
-NEW_TOKEN = "eyJhbGciOiJSUzI1NiJ9.second-token-111"  # same length: a rotation changes no size
-KUBELET_CONDITIONS = [
-    {"type": "Ready", "status": "False", "reason": "ReadinessGatesNotReady"},
-    {"type": "ContainersReady", "status": "True"},
-    {"type": "PodScheduled", "status": "True"},
-]
-QUIET = 0.3  # long enough for a write the writer was about to make to arrive
-SETTLE = 5.0  # how long to wait for what must happen (generous: the machine is shared)
-BACKOFF_BASE = 0.05
-BACKOFF_CAP = 0.2
-
-
-# --- fixtures ----------------------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The client trusts the environment's proxy settings; the fake server is local."""
-    for name in ("http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.upper(), raising=False)
-
-
-@pytest.fixture(autouse=True)
-def logs() -> Iterator[list[EventDict]]:
-    """Every test captures the logs, and no log may ever contain a token."""
-    with structlog.testing.capture_logs() as captured:
-        yield captured
-    assert TOKEN not in repr(captured)
-    assert NEW_TOKEN not in repr(captured)
-
-
-def events(logs: list[EventDict], name: str) -> list[EventDict]:
-    return [entry for entry in logs if entry["event"] == name]
-
-
-@pytest.fixture
-def pod() -> dict[str, Any]:
-    """The Pod the fake server starts with; tests adjust it before the server starts."""
-    return make_pod(
-        namespace=NS, name=POD, uid=UID, readiness_gates=[GATE], conditions=KUBELET_CONDITIONS
-    )
-
-
-@pytest.fixture
-async def apiserver(pod: dict[str, Any]) -> AsyncIterator[FakeApiServer]:
-    server = FakeApiServer(pod)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-@pytest.fixture
-def token_file(tmp_path: Path) -> Path:
-    path = tmp_path / "serviceaccount" / "token"
-    path.parent.mkdir()
-    path.write_text(TOKEN + "\n")
-    return path
-
-
-@dataclass
-class Agent:
-    """One writer, its API client and the results that drive it."""
-
-    server: FakeApiServer
-    results: Results
-    api: KubePodApi
-    writer: GateWriter
-    metrics: Metrics
-    check_ids: list[str]
-
-    def report(self, state: CheckState, detail: str = "", *, check: str | None = None) -> None:
-        """A probe outcome after thresholds: READY, NOT_READY or (still) PENDING."""
-        ok = state is CheckState.READY
-        detail = detail or ("HTTP 200" if ok else "connection refused")
-        result = CheckResult(ok=ok, detail=detail, at=time.time())
-        self.results.update(check or self.check_ids[0], result, state)
-
-    async def written(self, count: int) -> list[Recorded]:
-        """Wait until ``count`` status patches succeeded and the writer has taken the answers in."""
-        await eventually(
-            lambda: (
-                len(self.server.served(Route.PATCH)) >= count and self.writer.status.writes >= count
-            )
-        )
-        return self.server.served(Route.PATCH)
-
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[asyncio.Task[None]]:
-        task = asyncio.create_task(self.writer.run(), name="gate-writer")
-        try:
-            yield task
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-
-MakeAgent = Callable[..., Agent]
-
-
-@pytest.fixture
-async def make_agent(apiserver: FakeApiServer, token_file: Path) -> AsyncIterator[MakeAgent]:
-    made: list[KubePodApi] = []
-
-    def make(
-        *,
-        condition_type: str | None = GATE,
-        gates: tuple[str | None, ...] = (None,),
-        uid: str | None = UID,
-        resync: float = 0.0,
-        events: bool = True,
-        request_timeout: float = 2.0,
-        backoff_base: float = BACKOFF_BASE,
-        backoff_cap: float = BACKOFF_CAP,
-    ) -> Agent:
-        async def configure() -> Credentials:
-            return token_configuration(apiserver.url, token_file, ca_cert=None)
-
-        identity = Identity(pod_name=POD, namespace=NS, pod_uid=uid)
-        metrics = Metrics()
-        specs = [
-            CheckSpec(
-                id=f"APP{index}" if index else "APP",
-                kind=CheckKind.FILE,
-                gate=gate,
-                timing=Timing(),
-                params=FileParams(path=Path("/run/app/ready")),
-            )
-            for index, gate in enumerate(gates)
-        ]
-        results = Results(specs, GateMode.ALL)
-        api = KubePodApi(
-            ApiAccess(token_dir=token_file.parent),
-            identity,
-            metrics,
-            configure=configure,
-            request_timeout=request_timeout,
-        )
-        made.append(api)
-        writer = GateWriter(
-            api,
-            results,
-            identity=identity,
-            condition_type=condition_type,
-            resync=resync,
-            events=events,
-            clock=SystemClock(),
-            rng=random.Random(7),
-            metrics=metrics,
-            backoff_base=backoff_base,
-            backoff_cap=backoff_cap,
-        )
-        return Agent(apiserver, results, api, writer, metrics, [s.id for s in specs])
-
-    yield make
-    for api in made:
-        await api.aclose()
-
-
-async def eventually(predicate: Callable[[], bool], within: float = SETTLE) -> None:
-    """Poll ``predicate`` (state of the writer or the fake server) until it holds."""
-    async with asyncio.timeout(within):
-        while not predicate():  # noqa: ASYNC110 - polling objects that offer no event
-            await asyncio.sleep(0.01)
-
-
-def only_condition(request: Recorded) -> dict[str, Any]:
-    (condition,) = request.conditions
-    assert isinstance(condition, dict)
-    return condition
-
-
-def on_server(server: FakeApiServer, condition_type: str) -> dict[str, Any]:
-    condition = server.condition(condition_type)
-    assert condition is not None, f"no {condition_type} condition on the server"
-    return condition
-
-
-def gaps(requests: list[Recorded]) -> list[float]:
-    return [b.at - a.at for a, b in itertools.pairwise(requests)]
-
+from sidecar.apihealth import ApiHealth, Backoff
+from sidecar.conditions import timestamp
+from sidecar.config import ApiAccess
+from sidecar.results import CheckState
+from tests.unit.api_rig import (
+    GATE,
+    KUBELET_CONDITIONS,
+    NEW_TOKEN,
+    NS,
+    POD,
+    QUIET,
+    SETTLE,
+    TOKEN,
+    UID,
+    MakeAgent,
+    events,
+    eventually,
+    gaps,
+    on_server,
+    only_condition,
+    routes,
+    sent,
+)
+from tests.unit.fake_apiserver import DROP, HANG, FakeApiServer, Reply, Route
 
 # --- start-up ----------------------------------------------------------------------------------
+
+#: Every test: no proxy from the environment, logs captured (and never holding a token).
+pytestmark = pytest.mark.usefixtures("_no_proxy", "logs")
 
 
 async def test_startup_reads_the_pod_then_writes_false_checks_pending_exactly_once(
@@ -243,11 +62,11 @@ async def test_startup_reads_the_pod_then_writes_false_checks_pending_exactly_on
         (patch,) = await agent.written(1)
         await asyncio.sleep(QUIET)
 
-    get, again = apiserver.requests[0], apiserver.requests[1]
+    get, again = sent(apiserver)[0], sent(apiserver)[1]
     assert (get.method, get.path) == ("GET", f"/api/v1/namespaces/{NS}/pods/{POD}")
     assert again is patch
     assert (patch.method, patch.path) == ("PATCH", f"/api/v1/namespaces/{NS}/pods/{POD}/status")
-    assert len(apiserver.requests) == 2
+    assert len(sent(apiserver)) == 2
     for request in (get, patch):
         assert request.authorization == f"Bearer {TOKEN}"
         assert request.headers["User-Agent"] == USER_AGENT
@@ -261,7 +80,7 @@ async def test_startup_reads_the_pod_then_writes_false_checks_pending_exactly_on
     assert abs(_epoch(condition["lastTransitionTime"]) - time.time()) < 10
     assert apiserver.condition(GATE) == condition
     assert agent.writer.status.synced
-    assert agent.writer.status.api is ApiHealth.OK
+    assert agent.status.health is ApiHealth.OK
 
 
 def _epoch(stamp: str) -> float:
@@ -287,7 +106,7 @@ async def test_a_restarted_agent_keeps_a_true_condition_while_its_checks_are_pen
         agent.report(CheckState.PENDING, "no result yet")
         await asyncio.sleep(QUIET)
 
-    assert [r.route for r in apiserver.requests] == [Route.GET]
+    assert routes(apiserver) == [Route.GET]
     assert apiserver.condition(GATE) == true
 
 
@@ -418,7 +237,7 @@ async def test_results_that_change_nothing_on_the_server_write_nothing(
         agent.report(CheckState.PENDING, "starting")  # pending never overrides the server
         await asyncio.sleep(QUIET)
 
-    assert [r.route for r in apiserver.requests] == [Route.GET]
+    assert routes(apiserver) == [Route.GET]
     assert apiserver.condition(GATE) == failed
 
 
@@ -505,7 +324,7 @@ async def test_forbidden_events_are_logged_once_and_the_gate_is_still_written(
     (warning,) = events(logs, "event_not_created")
     assert warning["status"] == 403
     assert "GATE_EVENTS=false" in warning["fix"]
-    assert agent.writer.status.api is ApiHealth.OK
+    assert agent.status.health is ApiHealth.OK
     assert not [e for e in logs if e["event"].startswith("api_")]
 
 
@@ -525,18 +344,71 @@ async def test_no_requests_at_all_while_the_results_do_not_change(
         while time.monotonic() - started < 1.5:  # probes keep reporting the same evidence
             agent.report(CheckState.READY)
             await asyncio.sleep(0.05)
+        assert apiserver.open_watches == 1
 
     assert len(apiserver.requests) == before
-    assert [r.route for r in apiserver.requests] == [Route.GET, Route.PATCH, Route.EVENT]
+    assert routes(apiserver) == [Route.GET, Route.PATCH, Route.EVENT]
+    assert len(apiserver.of(Route.WATCH)) == 1  # one watch, open all along
 
 
-async def test_resync_rereads_the_pod_and_repairs_a_condition_changed_behind_its_back(
-    make_agent: MakeAgent, apiserver: FakeApiServer
+async def test_the_watch_repairs_a_condition_changed_behind_its_back_at_once(
+    make_agent: MakeAgent, apiserver: FakeApiServer, logs: list[EventDict]
 ) -> None:
-    agent = make_agent(resync=0.25)
+    agent = make_agent(resync=0.0)
     agent.report(CheckState.READY)
     async with agent.running():
         await agent.written(1)
+        apiserver.set_condition({"type": GATE, "status": "False", "reason": "SomebodyElse"})
+        flipped = asyncio.get_running_loop().time()
+        repair = (await agent.written(2))[1]
+        repaired = on_server(apiserver, GATE)
+        await asyncio.sleep(QUIET)
+
+    assert repair.at - flipped < 0.5  # the watch showed it: no re-read, no resync
+    # The same event again: its count goes up, no second Event object.
+    assert routes(apiserver) == [
+        Route.GET, Route.PATCH, Route.EVENT, Route.PATCH, Route.EVENT_PATCH
+    ]  # fmt: skip
+    assert (repaired["status"], repaired["reason"]) == ("True", "ChecksPassed")
+    # The repair flips the status back, so it carries a new transition time.
+    assert abs(_epoch(repaired["lastTransitionTime"]) - time.time()) < 10
+    assert agent.writer.status.gates[None].repairs == 1
+    (entry,) = events(logs, "gate_repaired")
+    assert entry["found"]["reason"] == "SomebodyElse"
+
+
+async def test_a_watch_event_older_than_our_own_write_causes_no_rewrite(
+    make_agent: MakeAgent, apiserver: FakeApiServer
+) -> None:
+    agent = make_agent(events=False)
+    async with agent.running():
+        await agent.written(1)
+        apiserver.watches_hang = True  # the watch falls behind our writes
+        agent.report(CheckState.READY)
+        await agent.written(2)
+        agent.report(CheckState.NOT_READY)
+        await agent.written(3)
+        apiserver.watches_hang = False
+        apiserver.bookmark()  # the backlog arrives: each event shows a state we have left
+        await eventually(lambda: apiserver.open_watches == 1)
+        await asyncio.sleep(QUIET)
+
+    assert [only_condition(p)["status"] for p in apiserver.of(Route.PATCH)] == [
+        "False",
+        "True",
+        "False",
+    ]
+    assert agent.writer.status.gates[None].repairs == 0
+
+
+async def test_resync_rereads_the_pod_and_repairs_what_a_silent_watch_did_not_show(
+    make_agent: MakeAgent, apiserver: FakeApiServer
+) -> None:
+    agent = make_agent(resync=0.25, events=False)
+    agent.report(CheckState.READY)
+    async with agent.running():
+        await agent.written(1)
+        apiserver.watches_hang = True  # a stream that says nothing any more
         apiserver.set_condition({"type": GATE, "status": "False", "reason": "SomebodyElse"})
         repair = (await agent.written(2))[1]
         repaired = on_server(apiserver, GATE)
@@ -544,11 +416,9 @@ async def test_resync_rereads_the_pod_and_repairs_a_condition_changed_behind_its
         await asyncio.sleep(0.8)
         reads = [r for r in apiserver.of(Route.GET) if r.at >= started]
 
-    before_repair = apiserver.requests[apiserver.requests.index(repair) - 1]
+    before_repair = sent(apiserver)[sent(apiserver).index(repair) - 1]
     assert before_repair.route is Route.GET  # the re-read found it, the patch repaired it
     assert (repaired["status"], repaired["reason"]) == ("True", "ChecksPassed")
-    # The repair flips the status back, so it carries a new transition time.
-    assert abs(_epoch(repaired["lastTransitionTime"]) - time.time()) < 10
     assert 1 <= len(reads) <= 5  # about one read per 0.25 s, no more
     assert len(apiserver.of(Route.PATCH)) == 2  # nothing else needed repairing
 
@@ -587,7 +457,7 @@ async def test_server_errors_are_retried_with_capped_exponential_backoff_not_a_s
     # ... and capped: doubling on from 0.02 s would leave gaps of 0.32 s and more by now.
     assert len(attempts) >= 8
     assert statistics.median(gaps(attempts)[4:]) <= 0.16 + 0.08
-    assert agent.writer.status.api is ApiHealth.UNAVAILABLE
+    assert agent.status.health is ApiHealth.UNAVAILABLE
     sample = agent.metrics.registry.get_sample_value
     counted = sample("readiness_gate_api_requests_total", {"verb": "patch", "code": str(code)})
     assert counted in {len(attempts) - 1, len(attempts)}  # the last one may be in flight
@@ -611,8 +481,8 @@ async def test_connection_refused_backs_off_and_the_latest_state_is_written_on_r
         await agent.written(2)
         await asyncio.sleep(QUIET)
 
-    assert down == apiserver.requests[:2]  # nothing reached the server while it was down
-    after = apiserver.requests[2:]
+    assert sent(apiserver)[:2] == [r for r in down if r.route is not Route.WATCH]
+    after = sent(apiserver)[2:]
     assert [r.route for r in after] == [Route.PATCH, Route.EVENT]
     condition = only_condition(after[0])
     assert (condition["status"], condition["message"]) == ("True", "file APP: HTTP 200 again")
@@ -646,7 +516,7 @@ async def test_a_change_undone_during_the_backoff_leaves_the_writer_idle(
         slept = time.monotonic()
         await asyncio.sleep(0.4)  # past the retry time
         assert time.monotonic() - slept < 1.0  # the event loop was not starved
-        assert len(apiserver.requests) == 2
+        assert len(sent(apiserver)) == 2
         agent.report(CheckState.READY)
         await agent.written(1)
 
@@ -822,6 +692,7 @@ async def test_a_token_that_stays_rejected_backs_off(
     assert len(reads) <= 8
     assert len(events(logs, "api_unauthorized")) == 1
     assert not agent.writer.status.synced
+    assert not apiserver.of(Route.WATCH)
 
 
 async def test_forbidden_is_logged_once_with_the_missing_role_rule_until_it_is_granted(
@@ -836,7 +707,7 @@ async def test_forbidden_is_logged_once_with_the_missing_role_rule_until_it_is_g
     async with agent.running():
         await apiserver.wait_for(Route.PATCH, count=4)
         await apiserver.wait_for(Route.GET, count=3)  # reads succeed: they do not cure a 403
-        assert agent.writer.status.api is ApiHealth.FORBIDDEN
+        assert agent.status.health is ApiHealth.FORBIDDEN
         apiserver.fail(None)
         await agent.written(1)
 
@@ -873,7 +744,7 @@ async def test_a_pod_gone_at_start_stops_the_writer_and_is_logged_once(
         await asyncio.sleep(0.1)
 
     assert [(r.route, r.status) for r in apiserver.requests] == [(Route.GET, 404)]
-    assert agent.writer.status.api is ApiHealth.POD_GONE
+    assert agent.status.health is ApiHealth.POD_GONE
     (error,) = events(logs, "api_pod_gone")
     assert f"pod {NS}/{POD} no longer exists (404" in error["error"]
 
@@ -884,12 +755,30 @@ async def test_a_pod_gone_when_patching_stops_the_writer(
     agent = make_agent()
     async with agent.running() as task:
         await agent.written(1)
+        apiserver.watches_hang = True  # the watch has not told yet
         apiserver.pod = None
         agent.report(CheckState.READY)
         await asyncio.wait_for(task, SETTLE)
 
-    assert [(r.route, r.status) for r in apiserver.requests[2:]] == [(Route.PATCH, 404)]
+    assert [(r.route, r.status) for r in sent(apiserver)[2:]] == [(Route.PATCH, 404)]
     assert len(events(logs, "api_pod_gone")) == 1
+
+
+async def test_a_deleted_pod_seen_on_the_watch_stops_the_observer_and_the_writer(
+    make_agent: MakeAgent, apiserver: FakeApiServer, logs: list[EventDict]
+) -> None:
+    agent = make_agent()
+    async with agent.running() as task:
+        await agent.written(1)
+        apiserver.delete_pod()
+        await asyncio.wait_for(task, SETTLE)
+        agent.report(CheckState.READY)
+        await asyncio.sleep(0.1)
+
+    assert len(apiserver.of(Route.PATCH)) == 1
+    assert len(apiserver.of(Route.WATCH)) == 1  # not reopened
+    (error,) = events(logs, "api_pod_gone")
+    assert f"pod {NS}/{POD} was deleted" in error["error"]
 
 
 async def test_a_replaced_pod_seen_on_a_reread_stops_the_writer(
@@ -898,6 +787,7 @@ async def test_a_replaced_pod_seen_on_a_reread_stops_the_writer(
     agent = make_agent(resync=0.1)
     async with agent.running() as task:
         await agent.written(1)
+        apiserver.watches_hang = True  # only the resync's read sees it
         apiserver.replace_pod("11111111-2222-3333-4444-555555555555")
         await asyncio.wait_for(task, SETTLE)
         agent.report(CheckState.READY)
@@ -915,6 +805,7 @@ async def test_a_replaced_pod_refuses_the_patch_by_its_uid_and_the_writer_stops(
     agent = make_agent()
     async with agent.running() as task:
         await agent.written(1)
+        apiserver.watches_hang = True  # the patch comes before the watch tells
         apiserver.replace_pod("11111111-2222-3333-4444-555555555555")
         agent.report(CheckState.READY)
         await asyncio.wait_for(task, SETTLE)
@@ -930,6 +821,7 @@ async def test_without_pod_uid_the_uid_read_first_guards_every_patch(
     agent = make_agent(uid=None)
     async with agent.running() as task:
         (patch,) = await agent.written(1)
+        apiserver.watches_hang = True
         apiserver.replace_pod("11111111-2222-3333-4444-555555555555")
         agent.report(CheckState.READY)
         await asyncio.wait_for(task, SETTLE)

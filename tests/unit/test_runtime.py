@@ -15,8 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from sidecar.api import ApiResponse, WatchEvent
 from sidecar.config import Settings, load_settings
-from sidecar.gate import ApiResponse
 from sidecar.runtime import Agent
 
 JSON = dict[str, Any]
@@ -267,6 +267,23 @@ async def test_stopping_abandons_a_probe_in_flight(tmp_path: Path, tcp_port: int
 # --- writing the condition -----------------------------------------------------------------------
 
 
+class QuietStream:
+    """A watch on which nothing ever happens, until it is closed."""
+
+    def __init__(self) -> None:
+        self._closed = asyncio.Event()
+
+    def __aiter__(self) -> QuietStream:
+        return self
+
+    async def __anext__(self) -> WatchEvent:
+        await self._closed.wait()
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        self._closed.set()
+
+
 class FakePodApi:
     """A ``PodApi`` over one Pod that declares the readiness gate ``TYPE``."""
 
@@ -293,9 +310,17 @@ class FakePodApi:
             conditions.append(condition)
         return ApiResponse(status=200, body=copy.deepcopy(self.pod))
 
+    async def watch_pod(
+        self, resource_version: str, *, timeout_seconds: int, inactivity: float
+    ) -> tuple[ApiResponse, QuietStream]:
+        return ApiResponse(status=200), QuietStream()
+
     async def create_event(self, event: JSON) -> ApiResponse:
         self.events.append(event)
         return ApiResponse(status=201, body=event)
+
+    async def patch_event(self, name: str, patch: JSON) -> ApiResponse:
+        return ApiResponse(status=200, body={"metadata": {"name": name}})
 
     async def reload_credentials(self) -> None:
         return None
