@@ -29,6 +29,9 @@ RSS_LIMIT = 80 * MIB
 CPU_LIMIT = 2.0  # millicores
 LINES_PER_SECOND = 200_000
 FLAT_SPREAD = 1.10  # per-agent cost across N: max / min
+REPAIR_P50 = 0.050  # a foreign write undone: p50 ...
+REPAIR_P99 = 0.250  # ... and p99
+RESTART_P99 = 0.250  # the kubelet's status update after a restart -> the gate False
 
 
 def expected_row_ids(smoke: bool) -> list[str]:
@@ -51,7 +54,10 @@ def expected_row_ids(smoke: bool) -> list[str]:
         "throughput.live",
         "throughput.big_scan",
         *(f"scale.n{n}" for n in sizes),
+        *(f"scale.rest.n{n}" for n in sizes),
         "scale.flat",
+        "repair.latency",
+        *([] if smoke else ["restart.gate_false", "restart.ready_window"]),
     ]
 
 
@@ -529,6 +535,8 @@ def scale_rows(scale: JSON) -> list[JSON]:
                 },
             )
         )
+    for size, data in scale["sizes"].items():
+        rows.append(_rest_row(size, data))
     costs = {size: d["requests_per_transition"] for size, d in scale["sizes"].items()}
     spread = scale["cost_spread"]
     rows.append(
@@ -544,6 +552,81 @@ def scale_rows(scale: JSON) -> list[JSON]:
         )
     )
     return rows
+
+
+def _rest_row(size: str, data: JSON) -> JSON:
+    rest, without = data["at_rest"], data["at_rest_without_agents"]
+    per_hour = rest["requests_per_agent_per_hour"]
+    return _row(
+        f"scale.rest.n{size}",
+        f"scale: {size} agents at rest, each watching its own Pod ({rest['seconds']:.0f} s)",
+        f"API server CPU {rest['apiserver_cpu_millicores']:.0f} mc, RSS "
+        f"{rest['apiserver_rss_bytes'] / MIB:.0f} MiB, {rest['watching']} watches open; "
+        f"{rest['agent_requests']} agent requests "
+        f"({'n/a' if per_hour is None else f'{per_hour:.1f}'} per agent per hour); API server "
+        f"CPU per transition during the flips "
+        f"{data['apiserver_cpu_millicores_per_transition']:.1f} mc·s",
+        baseline=f"the same {size} Pods without agents ({without['seconds']:.0f} s): CPU "
+        f"{without['apiserver_cpu_millicores']:.0f} mc, RSS "
+        f"{without['apiserver_rss_bytes'] / MIB:.0f} MiB",
+        figures={
+            "cpu_with": rest["apiserver_cpu_millicores"],
+            "cpu_without": without["apiserver_cpu_millicores"],
+            "rss_with": rest["apiserver_rss_bytes"],
+            "rss_without": without["apiserver_rss_bytes"],
+            "requests_per_agent_per_hour": _num(per_hour),
+            "cpu_per_transition": data["apiserver_cpu_millicores_per_transition"],
+        },
+    )
+
+
+def repair_rows(repair: JSON) -> list[JSON]:
+    agent, shell = repair["agent"]["latency"], repair["shell_loop"]["latency"]
+    return [
+        _row(
+            "repair.latency",
+            "repair: another writer turns the gate False -> the agent's True (watch), p50 / p95 "
+            f"/ p99, n={agent['n']}",
+            f"{triple(agent)}; {repair['agent']['reads']} read(s) and "
+            f"{repair['agent']['watches']} watch(es) in all ({repair['agent']['repairs']} "
+            "repairs)",
+            baseline=f"shell loop rewriting every second: p50 {ms(shell['p50'])} "
+            f"({_ratio(shell['p50'], agent['p50'])})",
+            target=f"p50 ≤ {ms(REPAIR_P50)}, p99 ≤ {ms(REPAIR_P99)}",
+            verdict=_verdict(
+                _num(agent["p50"]) <= REPAIR_P50 and _num(agent["p99"]) <= REPAIR_P99
+                and repair["agent"]["failures"] == 0
+            ),
+            figures={"p50": _num(agent["p50"]), "p99": _num(agent["p99"]),
+                     "shell_p50": _num(shell["p50"])},
+        )
+    ]  # fmt: skip
+
+
+def restart_rows(restart: JSON) -> list[JSON]:
+    latency = restart["kubelet_update_to_gate_false"]
+    window = restart["ready_with_new_instance"]
+    return [
+        _row(
+            "restart.gate_false",
+            "real node: app container killed and restarted -> gate False, from the kubelet's "
+            f"status update, p50 / p95 / p99, n={latency['n']}",
+            f"{triple(latency)} (kill -> the kubelet's update p50 "
+            f"{ms(restart['kill_to_kubelet_update']['p50'])})",
+            target=f"p99 ≤ {ms(RESTART_P99)}",
+            verdict=_verdict(
+                _num(latency["p99"]) <= RESTART_P99 and restart["measured"] == restart["trials"]
+            ),
+            figures={"p50": _num(latency["p50"]), "p99": _num(latency["p99"])},
+        ),
+        _row(
+            "restart.ready_window",
+            "real node: Ready True with the restarted instance before the gate False",
+            f"in {window['trials']} of {restart['measured']} restarts ({window['updates']} "
+            f"status updates), at most {ms(window['longest_seconds'])}",
+            figures=dict(window),
+        ),
+    ]
 
 
 def _codes(codes: Mapping[str, int]) -> str:
@@ -578,6 +661,9 @@ def build_rows(results: JSON) -> list[JSON]:
     rows += throughput_rows(sections["log_throughput"])
     rows.append(big_scan_row(sections["log_throughput"]["big_scan"]))
     rows += scale_rows(sections["scale"])
+    rows += repair_rows(sections["repair"])
+    if "restart" in sections:
+        rows += restart_rows(sections["restart"])
     return rows
 
 

@@ -53,12 +53,14 @@ class Plan:
     sizes: tuple[int, ...]
     flips: int  # per agent, even: every agent ends where it started (not ready)
     window: float
+    rest: float  # at rest, with the agents (and their watches) and then without them
+    long_rest: float  # the largest N at rest: long enough for every watch to be reopened once
 
 
 def plan(smoke: bool) -> Plan:
     if smoke:
-        return Plan(sizes=(4, 8), flips=2, window=5.0)
-    return Plan(sizes=(50, 200, 500), flips=4, window=30.0)
+        return Plan(sizes=(4, 8), flips=2, window=5.0, rest=3.0, long_rest=3.0)
+    return Plan(sizes=(50, 200, 500), flips=4, window=30.0, rest=60.0, long_rest=420.0)
 
 
 class ScaleBench:
@@ -173,9 +175,14 @@ class ScaleBench:
             api_cpu_after = proc_sample(apiserver.pid)
             own_cpu_after = proc_sample(os.getpid())
             transitions = sum(_transitions(a) for a in agents) - transitions_before
+            longest = count == max(self.plan.sizes)
+            at_rest = await self._rest(
+                agents, self.plan.long_rest if longest else self.plan.rest, apiserver.pid
+            )
         finally:
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
+        without = await self._rest([], self.plan.rest, apiserver.pid)
         await self.audit.settled()
         names = [p.name for p in self.pods[:count]]
         entries = self.audit.select(start=start, end=end, pods=names)
@@ -217,6 +224,11 @@ class ScaleBench:
             / seconds
             / count,
             "agents_process_rss_bytes_per_agent": (own_cpu_after.rss - rss_before.rss) / count,
+            "apiserver_cpu_millicores_per_transition": 1000
+            * (api_cpu_after.cpu - api_cpu.cpu)
+            / max(transitions, 1),
+            "at_rest": at_rest,
+            "at_rest_without_agents": without,
         }
         self.say(
             f"N={count}: {len(entries)} requests from agents in {seconds:.0f} s, "
@@ -224,6 +236,27 @@ class ScaleBench:
             f"{(result['status_write_latency']['p99'] or 0) * 1000:.0f} ms"
         )
         return result
+
+    async def _rest(self, agents: Sequence[Agent], seconds: float, apiserver: int) -> JSON:
+        """The API server at rest for ``seconds``: CPU, RSS, and what the agents asked for (their
+        own counts of reads and watches opened, as every watch request is one)."""
+        before = proc_sample(apiserver)
+        asked = sum(_api_calls(a) for a in agents)
+        await asyncio.sleep(seconds)
+        after = proc_sample(apiserver)
+        assert before is not None
+        assert after is not None
+        requests = sum(_api_calls(a) for a in agents) - asked
+        per_hour = requests / len(agents) / seconds * 3600 if agents else None
+        return {
+            "seconds": seconds,
+            "agents": len(agents),
+            "watching": sum(1 for a in agents if a.observer and a.observer.watching),
+            "apiserver_cpu_millicores": 1000 * (after.cpu - before.cpu) / seconds,
+            "apiserver_rss_bytes": after.rss,
+            "agent_requests": requests,
+            "requests_per_agent_per_hour": per_hour,
+        }
 
     async def _flip(self, schedule: Sequence[tuple[float, int]], start: float) -> None:
         present: set[int] = set()
@@ -314,6 +347,14 @@ def _record(agent: Agent) -> Any:
 def _server_status(agent: Agent) -> str | None:
     record = _record(agent)
     return None if record is None or record.server is None else str(record.server.status)
+
+
+def _api_calls(agent: Agent) -> int:
+    """Reads, watches opened and writes so far."""
+    observer, writer = agent.observer, agent.writer
+    if observer is None or writer is None:
+        return 0
+    return observer.reads + observer.watches + writer.status.writes
 
 
 def _transitions(agent: Agent) -> int:

@@ -27,11 +27,15 @@ from benchmarks.common import JSON, AuditLog, LoadSampler, machine
 from benchmarks.idle import IdleBench
 from benchmarks.latency import LatencyBench
 from benchmarks.logfollow import LogFollowBench
+from benchmarks.repair import RepairBench
 from benchmarks.report import build_rows
+from benchmarks.restart import RestartBench
 from benchmarks.scale import ScaleBench
 from tests.harness.cluster import ControlPlane
 
-SECTIONS = ("latency", "idle", "log_throughput", "scale")
+SECTIONS = ("latency", "idle", "log_throughput", "scale", "repair", "restart")
+#: Sections the smoke run (CI) leaves out: the real node has its own test tier there.
+NOT_IN_SMOKE = ("restart",)
 
 
 async def run_suite(
@@ -43,6 +47,8 @@ async def run_suite(
     sections: tuple[str, ...] = SECTIONS,
 ) -> JSON:
     """Run ``sections`` (all by default) and return the results (with ``rows`` when complete)."""
+    everything = all_sections(smoke)
+    sections = tuple(s for s in sections if s in everything)
     began, wall = time.monotonic(), datetime.now(UTC)
     load = LoadSampler()
     load_task = asyncio.create_task(load.run())
@@ -85,6 +91,11 @@ async def run_suite(
                                     out=out).run()  # fmt: skip
 
         await section("scale", scale)
+        await section(
+            "repair",
+            RepairBench(plane, namespace, observer, workdir, smoke=smoke, out=out).run,
+        )
+        await section("restart", RestartBench(plane, namespace, workdir, smoke=smoke, out=out).run)
     finally:
         for task in (observer_task, load_task):
             task.cancel()
@@ -96,7 +107,7 @@ async def run_suite(
         "mode": "smoke" if smoke else "full",
         "command": "python -m benchmarks"
         + (" --smoke" if smoke else "")
-        + ("" if set(sections) == set(SECTIONS) else "".join(f" --only {s}" for s in sections)),
+        + ("" if set(sections) == set(everything) else "".join(f" --only {s}" for s in sections)),
         "started_at": wall.isoformat(timespec="seconds"),
         "duration_seconds": time.monotonic() - began,
         "machine": machine(await asyncio.to_thread(kube_version, plane)),
@@ -105,9 +116,13 @@ async def run_suite(
         "observer": {"events": observer.events, "reconnects": observer.reconnects},
         "sections": results,
     }
-    if set(sections) == set(SECTIONS):
+    if set(sections) == set(everything):
         report["rows"] = build_rows(report)
     return report
+
+
+def all_sections(smoke: bool) -> tuple[str, ...]:
+    return tuple(s for s in SECTIONS if not (smoke and s in NOT_IN_SMOKE))
 
 
 def _run(results: JSON) -> JSON:

@@ -154,6 +154,8 @@ check's own gate; none in the probe-only mode (gate.write false).
           fieldPath: metadata.uid
     - name: GATE_HTTP_ADDRESS
       value: {{ printf ":%v" $c.port | quote }}
+    - name: GATE_CONTAINER_NAME
+      value: {{ $c.name | quote }}
     {{- range $key := keys $v.gate | sortAlpha }}
     {{- $value := get $v.gate $key }}
     {{- if and (not (kindIs "invalid" $value)) (ne (toString $value) "") }}

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from tests.harness.helm import Helm, by_kind, documents
-from tests.harness.kube import JSON, KubeClient, condition_status, wait_for
+from tests.harness.kube import JSON, KubeClient, condition, condition_status, wait_for
 from tests.harness.node import NODE_NAME, RealNode
 from tests.harness.workloads import GATE, PodRef, endpoint_ready
 
@@ -200,6 +200,7 @@ def mounts(pid: int) -> dict[str, list[str]]:
 class Sample:
     at: float  # time.time()
     gate: str | None
+    reason: str | None
     ready: str | None
     endpoint: bool | None
     log: str
@@ -222,9 +223,11 @@ def sample_until(
         text = read_text(log)  # first: a gate seen True below was True after this was read
         pod = admin.pod(ref.namespace, ref.name)
         endpoint = endpoint_ready(admin, ref.namespace, service, ref.name) if service else None
+        gate = condition(pod, GATE) or {}
         sample = Sample(
             at=time.time(),
-            gate=condition_status(pod, GATE),
+            gate=gate.get("status"),
+            reason=gate.get("reason"),
             ready=condition_status(pod, "Ready"),
             endpoint=endpoint,
             log=text,
