@@ -162,9 +162,12 @@ class ControlPlane:
     @classmethod
     @contextlib.contextmanager
     def started(
-        cls, *, log: TextIO = sys.stderr, keep_workdir: bool = False
+        cls, *, log: TextIO = sys.stderr, keep_workdir: bool = False, hollow_node: bool = True
     ) -> Iterator[ControlPlane]:
-        """Build (or reuse) the binaries, enter a private network namespace, start, yield, stop."""
+        """Build (or reuse) the binaries, enter a private network namespace, start, yield, stop.
+
+        ``hollow_node=False`` starts no hollow node (the demo on the real node needs none; see
+        :meth:`start_hollow_node`)."""
         binaries = ensure_kubernetes(log)
         netns.enter_private_network()
         base = cache_root() / "run"
@@ -172,21 +175,25 @@ class ControlPlane:
         workdir = Path(tempfile.mkdtemp(prefix="cluster-", dir=base))
         plane = cls(binaries, workdir, log=log)
         try:
-            plane.start()
+            plane.start(hollow_node=hollow_node)
             yield plane
         finally:
             plane.stop()
             if not keep_workdir:
                 shutil.rmtree(workdir, ignore_errors=True)
 
-    def start(self) -> None:
+    def start(self, *, hollow_node: bool = True) -> None:
         started = time.monotonic()
         self._start("etcd", self._etcd_healthy)
         self._start("kube-apiserver", self._apiserver_ready)
         self._start("kube-controller-manager", self._root_ca_published)
+        if hollow_node:
+            self.start_hollow_node()
+        self._say(f"control plane up in {time.monotonic() - started:.1f} s ({self.workdir})")
+
+    def start_hollow_node(self) -> None:
         self._register_node()
         self._start("kubemark", self._node_ready)
-        self._say(f"control plane up in {time.monotonic() - started:.1f} s ({self.workdir})")
 
     def stop(self) -> None:
         for name in reversed(list(self.components)):
