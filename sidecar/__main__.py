@@ -1,5 +1,3 @@
-import sys
+from sidecar.cli import entry
 
-from sidecar.cli import main
-
-sys.exit(main())
+entry()
