@@ -71,7 +71,13 @@ class WatchEvent:
 
 
 class StreamBrokenError(Exception):
-    """A watch stream ended abnormally: transport error, inactivity, or an unreadable line."""
+    """A watch stream ended abnormally: transport error, inactivity, or an unreadable line.
+
+    ``stuck``: it went silent (the inactivity watchdog) rather than breaking."""
+
+    def __init__(self, message: str, *, stuck: bool = False) -> None:
+        super().__init__(message)
+        self.stuck = stuck
 
 
 class WatchStream(Protocol):
@@ -347,7 +353,8 @@ class _ResponseStream:
                         chunk = await content.readany()
                 except TimeoutError:
                     raise StreamBrokenError(
-                        f"no event or bookmark for {self._inactivity:g}s: the watch is stuck"
+                        f"no event or bookmark for {self._inactivity:g}s: the watch is stuck",
+                        stuck=True,
                     ) from None
                 except (aiohttp.ClientError, OSError) as err:
                     raise StreamBrokenError(_describe_transport_error(err, 0)) from None
