@@ -42,6 +42,7 @@ def legacy_server() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
             app.stdout.close()
 
 
+@pytest.mark.all_versions
 def test_tcp_check_follows_a_banner_server_that_opens_and_closes_its_port(
     admin: KubeClient,
     make_pod: Callable[..., PodRef],
@@ -75,6 +76,7 @@ def test_tcp_check_follows_a_banner_server_that_opens_and_closes_its_port(
     wait_ready(admin, pod, "True")
 
 
+@pytest.mark.all_versions
 def test_file_marker_present_then_removed_flips_the_gate(
     admin: KubeClient,
     make_pod: Callable[..., PodRef],

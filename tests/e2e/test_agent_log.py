@@ -5,9 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.harness.agent import AgentProcess
 from tests.harness.kube import KubeClient
 from tests.harness.workloads import GATE, PodRef, wait_gate, wait_ready
+
+pytestmark = pytest.mark.all_versions
 
 
 def test_log_check_turns_gate_and_ready_true_then_false_on_fail_pattern(

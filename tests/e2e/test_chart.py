@@ -476,6 +476,7 @@ def installer(control_plane: ControlPlane) -> Iterator[Installer]:
     installer.cleanup()
 
 
+@pytest.mark.all_versions
 @pytest.mark.parametrize("values", CI_VALUES, ids=lambda v: v.stem)
 def test_rendered_manifests_pass_server_side_dry_run(
     helm: Helm, installer: Installer, namespace: str, values: Path
@@ -603,6 +604,7 @@ def _waiter(
     return wait
 
 
+@pytest.mark.all_versions
 @pytest.mark.parametrize("native", [False, True], ids=["container", "native-sidecar"])
 def test_example_workload_gate_false_true_then_pod_ready(
     *,
@@ -684,6 +686,7 @@ def test_example_workload_gate_false_true_then_pod_ready(
     assert "Traceback" not in agent.stderr
 
 
+@pytest.mark.all_versions
 def test_chart_policy_confines_the_service_account_it_names(
     *,
     helm: Helm,

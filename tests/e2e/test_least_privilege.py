@@ -47,6 +47,8 @@ OTHER_GATE = "example.com/cache-warm"
 # Same Role and RoleBinding as the agent, but a name the policy does not recognise: RBAC alone.
 UNMATCHED_SA = "plain-gate-writer"
 
+pytestmark = pytest.mark.all_versions
+
 
 def agent_patch(pod: PodRef, status: str, condition_type: str = GATE) -> JSON:
     """The agent's write, from the agent's own code (sidecar/conditions.py)."""
