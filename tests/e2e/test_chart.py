@@ -486,6 +486,21 @@ def test_rendered_manifests_pass_server_side_dry_run(
     assert len(out.strip().splitlines()) == len(documents(manifests))
 
 
+@pytest.mark.all_versions
+def test_helm_install_against_the_cluster_passes_the_charts_kube_version(
+    helm: Helm, control_plane: ControlPlane, namespace: str
+) -> None:
+    """``kubeVersion: >=1.30.0-0`` in Chart.yaml, checked by helm against the server's own
+    version (``--dry-run=server`` asks the cluster; ``helm template`` assumes helm's default)."""
+    result = helm.run(
+        "install", RELEASE, str(CHART), "--namespace", namespace, "--dry-run=server",
+        f"--kubeconfig={control_plane.kubeconfig}",
+        "--values", str(CHART / "ci" / "example-values.yaml"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "STATUS: pending-install" in result.stdout
+
+
 def test_notes_print_the_readiness_gates_snippet_and_a_watch_command(
     helm: Helm, control_plane: ControlPlane, namespace: str
 ) -> None:
@@ -629,6 +644,8 @@ def test_example_workload_gate_false_true_then_pod_ready(
     gate = pod["spec"]["readinessGates"][0]["conditionType"]
     sidecar = PodAsKubeletRunsIt(control_plane, pod, tmp_path)
     assert sidecar.native == native
+    # The API server kept the field (a server with SidecarContainers off drops it silently).
+    assert (sidecar.container.get("restartPolicy") == "Always") == native
     agent = sidecar.start()
     agents.append(agent)
     ref, wait = sidecar.ref, _waiter(admin, sidecar.ref, agent.describe)
