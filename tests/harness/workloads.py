@@ -125,10 +125,27 @@ def create_pod(
     if wait_running:
         wait_for(
             f"pod {namespace}/{name} to run with ContainersReady",
-            lambda: condition_status(client.pod(namespace, name), "ContainersReady") == "True",
+            lambda: _running(client.pod(namespace, name)),
             timeout=60,
         )
     return ref
+
+
+def _running(pod: JSON) -> bool:
+    """The kubelet's status write that starts the containers is done.
+
+    The hollow kubelet reports ContainersReady True one status write before phase Running and
+    the containers' running state (0.3-0.7 s apart, on 1.30 to 1.37): a test that compares
+    resourceVersions must not start between the two.
+    """
+    status = pod.get("status", {})
+    containers = status.get("containerStatuses") or []
+    return (
+        status.get("phase") == "Running"
+        and condition_status(pod, "ContainersReady") == "True"
+        and bool(containers)
+        and all("running" in c.get("state", {}) for c in containers)
+    )
 
 
 def create_service(
