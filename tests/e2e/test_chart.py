@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from sidecar.config import load_settings
-from tests.harness.agent import AgentProcess, agent_env, bound_token_dir
+from tests.harness.agent import STOP_BOUND, AgentProcess, agent_env, bound_token_dir
 from tests.harness.binaries import HELM_GOMOD_DIR, ensure_helm, module_version
 from tests.harness.cluster import NODE_NAME, ControlPlane
 from tests.harness.kube import (
@@ -675,7 +675,7 @@ def test_example_workload_gate_false_true_then_pod_ready(
     if native:
         # Ready also needs ContainersReady, which the hollow kubelet never grants a native
         # sidecar; the rest of the way is the same as for a regular container.
-        assert agent.stop() < 2.0
+        assert agent.stop() < STOP_BOUND
         return
     wait("Ready", "True")
     deployment = (
@@ -698,7 +698,7 @@ def test_example_workload_gate_false_true_then_pod_ready(
         out.write("SEVERE: Servlet engine stopped\n")
     wait(gate, "False")
     wait("Ready", "False")
-    assert agent.stop() < 2.0
+    assert agent.stop() < STOP_BOUND
     assert agent.returncode == 0
     assert "Traceback" not in agent.stderr
 
