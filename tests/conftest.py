@@ -52,6 +52,10 @@ def kube_version(config: pytest.Config) -> versions.KubeVersion:
         raise pytest.UsageError(str(err)) from None
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    kube_version(config)  # a version that is not pinned fails the session before collection
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     version = kube_version(config)
     return f"kubernetes: {version.release} ({version.gomod_dir})"
