@@ -22,11 +22,13 @@ from tests.unit.fake_apiserver import FakeApiServer, Reply, Route
 pytestmark = pytest.mark.usefixtures("_no_proxy", "logs")
 
 
-def bookmarks(metrics: Metrics) -> float:
-    found = metrics.registry.get_sample_value(
-        "readiness_gate_watch_events_total", {"type": "BOOKMARK"}
-    )
+def watched(metrics: Metrics, kind: str) -> float:
+    found = metrics.registry.get_sample_value("readiness_gate_watch_events_total", {"type": kind})
     return found or 0.0
+
+
+def bookmarks(metrics: Metrics) -> float:
+    return watched(metrics, "BOOKMARK")
 
 
 def watch_query(server: FakeApiServer, index: int = -1) -> dict[str, str]:
@@ -59,6 +61,8 @@ async def test_a_watch_the_server_ends_is_reopened_from_the_last_version_without
         await agent.written(1)
         await eventually(lambda: apiserver.open_watches == 1)
         latest = str(apiserver.resource_version)  # our write, seen on the watch
+        # A watch that ends before anything arrived counts as stuck: wait for our write on it.
+        await eventually(lambda: watched(agent.metrics, "MODIFIED") >= 1)
         apiserver.end_watches()
         await apiserver.wait_for(Route.WATCH, count=2)
         await eventually(lambda: apiserver.open_watches == 1)
