@@ -77,7 +77,13 @@ class WatchEvent:
 
 
 class StreamBrokenError(Exception):
-    """A stream ended abnormally: transport error, inactivity, or an unreadable line."""
+    """A stream ended abnormally: transport error, inactivity, or an unreadable line.
+
+    ``stuck``: it went silent (the inactivity watchdog) rather than breaking."""
+
+    def __init__(self, message: str, *, stuck: bool = False) -> None:
+        super().__init__(message)
+        self.stuck = stuck
 
 
 class StreamIdleError(StreamBrokenError):
@@ -430,7 +436,8 @@ class _ResponseStream:
                         chunk = await content.readany()
                 except TimeoutError:
                     raise StreamBrokenError(
-                        f"no event or bookmark for {self._inactivity:g}s: the watch is stuck"
+                        f"no event or bookmark for {self._inactivity:g}s: the watch is stuck",
+                        stuck=True,
                     ) from None
                 except (aiohttp.ClientError, OSError) as err:
                     raise StreamBrokenError(_describe_transport_error(err, 0)) from None
@@ -474,7 +481,7 @@ class _LogStream:
                     async with asyncio.timeout(self._inactivity):
                         chunk = await content.readany()
                 except TimeoutError:
-                    raise StreamIdleError(f"no output for {self._inactivity:g}s") from None
+                    raise StreamIdleError(f"no output for {self._inactivity:g}s", stuck=True) from None
                 except (aiohttp.ClientError, OSError) as err:
                     raise StreamBrokenError(_describe_transport_error(err, 0)) from None
                 if not chunk:

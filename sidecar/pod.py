@@ -193,15 +193,17 @@ class PodObserver:
                     self._backoff.reset()
         except StreamBrokenError as err:
             if not self._reread.is_set():  # else we closed it ourselves
-                await self._stream_broke(str(err))
+                await self._stream_broke(str(err), stuck=err.stuck)
         else:
             if not events and self._clock.monotonic() - opened < SHORTEST_WATCH:
-                await self._stream_broke("the watch closed at once, without events")
+                await self._stream_broke("the watch closed at once, without events", stuck=True)
         return None if self._reread.is_set() else version
 
-    async def _stream_broke(self, message: str, code: int = 0) -> None:
-        """A stream that opened failed: only a stream that delivers again cures that."""
-        self._stream_failed = True
+    async def _stream_broke(self, message: str, code: int = 0, *, stuck: bool = False) -> None:
+        """A stream that opened failed. A broken one is cured by the next that opens; a stuck one
+        (silent, or ended at once) only by a stream that delivers (else a watch that opens and
+        then says nothing would be logged as recovered and failed every time)."""
+        self._stream_failed = self._stream_failed or stuck
         await self._status.failed("watch", ApiResponse(status=code, message=message))
         await self._back_off()
 

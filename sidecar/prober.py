@@ -267,7 +267,7 @@ class Worker:
         self._set_state(
             self._synthetic(ok=False, detail=_started(state, restarted=restarted)),
             CheckState.PENDING,
-            Cause.CONTAINER_STARTED,
+            Cause.CONTAINER_RESTARTED if restarted else Cause.CONTAINER_STARTED,
         )
 
     def _synthetic(self, *, ok: bool, detail: str) -> CheckResult:

@@ -8,8 +8,10 @@ a restarted agent cannot cause an outage before it has evidence.
 The container lifecycle adds a :class:`Cause` to a check's state. A check whose container is not
 running is NOT_READY at once (``CONTAINER_NOT_RUNNING``, no failure threshold). A check whose
 container has a new instance is PENDING again, but *known* not to be ready
-(``CONTAINER_STARTED``): whatever the server says was evidence of the previous instance, so such a
-check makes its gate False (``ContainerRestarted``) until its thresholds decide again.
+(``CONTAINER_RESTARTED``): whatever the server says was evidence of the previous instance, so such a
+check makes its gate False (``ContainerRestarted``) until its thresholds decide again. The first
+instance, when the agent saw it start (the agent started first), makes it False too
+(``ChecksPending``: nothing has been decided yet).
 """
 
 from __future__ import annotations
@@ -43,7 +45,11 @@ class Cause(StrEnum):
     """Why a check is in its state when the container lifecycle, not a probe, put it there."""
 
     CONTAINER_NOT_RUNNING = "container_not_running"
-    CONTAINER_STARTED = "container_started"
+    CONTAINER_STARTED = "container_started"  # its first instance, seen starting by the agent
+    CONTAINER_RESTARTED = "container_restarted"  # a new instance after another
+
+
+_STARTED = frozenset({Cause.CONTAINER_STARTED, Cause.CONTAINER_RESTARTED})
 
 
 class Threshold:
@@ -84,8 +90,8 @@ class CheckStatus:
 
     @property
     def known_not_ready(self) -> bool:
-        """Not ready, decided: NOT_READY, or PENDING after the container started anew."""
-        return self.state is CheckState.NOT_READY or self.cause is Cause.CONTAINER_STARTED
+        """Not ready, decided: NOT_READY, or PENDING after the container started (anew)."""
+        return self.state is CheckState.NOT_READY or self.cause in _STARTED
 
     @property
     def summary(self) -> str:
@@ -130,7 +136,9 @@ def _failure_reason(failed: list[CheckStatus]) -> GateReason:
         return GateReason.FAILED
     if Cause.CONTAINER_NOT_RUNNING in causes:
         return GateReason.CONTAINER_NOT_RUNNING
-    return GateReason.CONTAINER_RESTARTED
+    if Cause.CONTAINER_RESTARTED in causes:
+        return GateReason.CONTAINER_RESTARTED
+    return GateReason.PENDING  # its first instance just started: the checks have not decided
 
 
 def _state(
@@ -197,8 +205,8 @@ class Results:
         agrees = not result.inconclusive and (
             state is CheckState.PENDING or result.ok == (state is CheckState.READY)
         )
-        if cause is Cause.CONTAINER_STARTED and old.cause is cause:
-            agrees = False  # the message keeps saying why: the container started anew
+        if cause in _STARTED and old.cause is cause:
+            agrees = False  # the message keeps saying why: the container started (anew)
         evidence = result if agrees else old.evidence
         same = old.state is state and old.cause is cause and result.same_evidence(old.last)
         changed_at = result.at if old.state is not state else old.changed_at

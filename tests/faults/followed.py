@@ -108,10 +108,10 @@ def start_following(
     one log check on it (``TIMING``; ``env`` overrides and adds)."""
     if directory:
         path.parent.mkdir(parents=True, exist_ok=True)
+    pod = make_pod()  # first: what the application writes must not predate its container
     writer = log_writer(path)
     if initial is not None:
         writer.do("create", then=initial)
-    pod = make_pod()
     agent = start_agent(
         pod,
         GATE_CONDITION_TYPE=GATE,

@@ -132,6 +132,9 @@ class FaultProxy:
             await self._runner.cleanup()
         if self._session is not None:
             await self._session.close()
+            # The connections' TLS close completes after close() returns (aiohttp's docs on
+            # graceful shutdown): let it finish before this loop is closed for good.
+            await asyncio.sleep(0.25)
         return 0
 
     # --- scripting (from the test's thread) -----------------------------------------------------

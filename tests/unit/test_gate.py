@@ -366,9 +366,16 @@ async def test_the_watch_repairs_a_condition_changed_behind_its_back_at_once(
         await asyncio.sleep(QUIET)
 
     assert repair.at - flipped < 0.5  # the watch showed it: no re-read, no resync
+    # Events are posted beside the writes, never before them: compare each stream on its own.
     # The same event again: its count goes up, no second Event object.
-    assert routes(apiserver) == [
-        Route.GET, Route.PATCH, Route.EVENT, Route.PATCH, Route.EVENT_PATCH
+    seen = routes(apiserver)
+    assert [r for r in seen if r in (Route.GET, Route.PATCH)] == [
+        Route.GET,
+        Route.PATCH,
+        Route.PATCH,
+    ]
+    assert [r for r in seen if r in (Route.EVENT, Route.EVENT_PATCH)] == [
+        Route.EVENT, Route.EVENT_PATCH
     ]  # fmt: skip
     assert (repaired["status"], repaired["reason"]) == ("True", "ChecksPassed")
     # The repair flips the status back, so it carries a new transition time.
@@ -488,7 +495,8 @@ async def test_connection_refused_backs_off_and_the_latest_state_is_written_on_r
     condition = only_condition(after[0])
     assert (condition["status"], condition["message"]) == ("True", "file APP: HTTP 200 again")
     (unavailable,) = events(logs, "api_unavailable")
-    assert "Cannot connect" in unavailable["error"] or "refused" in unavailable["error"]
+    # The first verb to fail says it: a write refused, or the watch cut by the shutdown.
+    assert any(word in unavailable["error"] for word in ("Cannot connect", "refused", "closed"))
     (recovered,) = events(logs, "api_recovered")
     assert recovered["after"] == "unavailable"
 

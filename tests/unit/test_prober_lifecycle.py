@@ -90,7 +90,7 @@ async def test_a_new_instance_resets_the_check_to_pending_and_known_not_ready() 
         await settle()
         after_reset = rig.status
         assert after_reset.state is CheckState.PENDING
-        assert after_reset.cause is Cause.CONTAINER_STARTED
+        assert after_reset.cause is Cause.CONTAINER_RESTARTED
         assert gate(rig)[:3] == (False, False, GateReason.CONTAINER_RESTARTED)
         assert "container app restarted (restart 1)" in gate(rig)[3]
         first = rig.probes  # probed at once: the thresholds count afresh
@@ -155,6 +155,22 @@ async def test_a_container_that_starts_after_the_agent_is_waited_for_then_checke
         await settle()
 
     assert rig.probes == 1
+    assert rig.state() is CheckState.READY
+
+
+async def test_a_first_instance_seen_starting_is_false_checks_pending_until_decided() -> None:
+    rig, app = rig_with_app(Timing(initial_delay=5.0, period=PERIOD))
+    app.report({"waiting": {"reason": "ContainerCreating"}}, None)
+    async with rig.running():
+        app.running("containerd://one")
+        await settle()
+        # Not a restart, but nothing the server says about the container before it ran counts.
+        assert rig.status.cause is Cause.CONTAINER_STARTED
+        ok, pending, reason, message = gate(rig)
+        assert (ok, pending, reason) == (False, False, GateReason.PENDING)
+        assert message == "waiting for the checks to decide: file APP"
+        await rig.clock.advance(5.0)
+
     assert rig.state() is CheckState.READY
 
 
