@@ -481,7 +481,8 @@ class _LogStream:
                     async with asyncio.timeout(self._inactivity):
                         chunk = await content.readany()
                 except TimeoutError:
-                    raise StreamIdleError(f"no output for {self._inactivity:g}s", stuck=True) from None
+                    silent = f"no output for {self._inactivity:g}s"
+                    raise StreamIdleError(silent, stuck=True) from None
                 except (aiohttp.ClientError, OSError) as err:
                     raise StreamBrokenError(_describe_transport_error(err, 0)) from None
                 if not chunk:

@@ -409,7 +409,8 @@ class FakeApiServer:
         instance, current = instances[-1], len(instances)
         follow = query.get("follow") in ("true", "True", "1")
         stamped = query.get("timestamps") in ("true", "True", "1")
-        since = _whole_seconds(query.get("sinceTime")) * NS if query.get("sinceTime") else 0
+        since_time = query.get("sinceTime")
+        since = _whole_seconds(since_time) * NS if since_time else 0
         sent = max(0, len(instance) - int(query["tailLines"])) if "tailLines" in query else 0
         response = web.StreamResponse()
         response.content_type = "text/plain"
