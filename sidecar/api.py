@@ -356,7 +356,7 @@ class KubePodApi:
                 "GET",
                 path_params={"namespace": ident.namespace, "name": ident.pod_name},
                 query_params=query,
-                header_params={"Accept": "text/plain"},
+                header_params={"Accept": "application/json, */*"},  # as kubectl: 406 for text/plain
                 auth_settings=["BearerToken"],
                 _preload_content=False,
                 _request_timeout=self._stream_timeout(),

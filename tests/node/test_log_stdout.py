@@ -8,6 +8,7 @@ kubelet rotates container logs at ``CONTAINER_LOG_MAX_SIZE`` (1Mi), checked ever
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sidecar.podlogs import POD_LOGS_RULE
 from tests.harness.cluster import ControlPlane
 from tests.harness.helm import Helm, Installer
 from tests.harness.kube import JSON, KubeClient, condition, wait_for
@@ -71,7 +73,15 @@ def _until(admin: KubeClient, namespace: str, name: str, gate: str, status: str,
         cond = _status_of(admin, namespace, name, gate)
         return cond if cond.get("status") == status else None
 
-    found: JSON = wait_for(f"the gate {status}", reached, timeout=timeout, interval=0.1)
+    def describe() -> str:
+        pod = admin.pod(namespace, name)
+        sidecar = next(c["name"] for c in pod["spec"]["containers"] if "readiness" in c["name"])
+        logs = admin.raw(f"/api/v1/namespaces/{namespace}/pods/{name}/log?container={sidecar}")
+        return f"gate: {condition(pod, gate)}\nagent's log: {logs[-4000:]}"
+
+    found: JSON = wait_for(
+        f"the gate {status}", reached, timeout=timeout, interval=0.1, describe=describe
+    )
     return found
 
 
@@ -248,6 +258,6 @@ def test_without_get_on_pods_log_the_gate_stays_false_and_says_which_rule_is_mis
     codes = {e["responseStatus"]["code"] for e in _log_requests(control_plane, namespace, name)}
     assert codes == {403}
     logs = control_plane.kubectl("-n", namespace, "logs", name, "-c", SIDECAR).stdout
-    failures = [line for line in logs.splitlines() if "container_log_failed" in line]
+    failures = [json.loads(line) for line in logs.splitlines() if "container_log_failed" in line]
     assert len(failures) == 1, failures  # logged once, with the rule to add
-    assert 'resources: ["pods/log"]' in failures[0]
+    assert POD_LOGS_RULE in failures[0]["error"], failures

@@ -395,6 +395,13 @@ class FakeApiServer:
         names = [c["name"] for c in self.pod["spec"]["containers"]]
         if container not in names:
             return self._error(400, f"container {container} is not valid for pod {self.name}")
+        accept = request.headers.get("Accept", "*/*")
+        if not any(t in accept for t in ("*/*", "application/json")):  # as the API server
+            return self._error(
+                406,
+                "only the following media types are accepted: application/json, "
+                "application/yaml, application/vnd.kubernetes.protobuf",
+            )
         if not self.container_logs.get(container):
             return self._error(
                 400,
