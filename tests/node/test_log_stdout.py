@@ -171,20 +171,23 @@ def _rotated(node: RealNode, pod: JSON) -> list[str]:
 
 
 def _log_requests(plane: ControlPlane, namespace: str, pod: str) -> list[JSON]:
-    """The agent's GETs of its Pod's log, from the API server's audit log."""
+    """The agent's GETs of its Pod's log, from the API server's audit log (a stream still open
+    has only its ResponseStarted event)."""
     user = f"system:serviceaccount:{namespace}:"
-    return list(
-        audit_events(
+    found = {
+        event["auditID"]: event
+        for event in audit_events(
             plane.workdir / "audit.log",
             lambda e: (
                 e.get("objectRef", {}).get("subresource") == "log"
                 and e.get("objectRef", {}).get("name") == pod
                 and e.get("objectRef", {}).get("namespace") == namespace
                 and e.get("user", {}).get("username", "").startswith(user)
-                and e.get("stage") == "ResponseComplete"
+                and e.get("stage") in ("ResponseStarted", "ResponseComplete")
             ),
         )
-    )
+    }
+    return list(found.values())
 
 
 def test_a_stdout_line_turns_the_gate_true_a_fail_line_after_rotations_turns_it_false(
