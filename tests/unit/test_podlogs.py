@@ -318,3 +318,22 @@ async def test_without_get_on_pods_log_the_check_fails_saying_which_rule_to_add(
 
     await verdict_becomes(check, True)
     assert len(events(logs, "container_log_recovered")) == 1
+
+
+async def test_reading_once_gets_the_output_there_is_and_ends(
+    pod_logs: PodLogs, apiserver: FakeApiServer
+) -> None:
+    apiserver.log("app", "Starting Servlet engine", "INFO Server startup in [812] milliseconds")
+    lines = ContainerLines("app", pod_logs, clock=SystemClock(), follow=False)
+    try:
+        batch = await lines.read()
+        assert batch.text.splitlines() == [
+            "Starting Servlet engine",
+            "INFO Server startup in [812] milliseconds",
+        ]
+        assert not batch.more
+        assert (await lines.read()).text == ""
+    finally:
+        await lines.aclose()
+    (request,) = apiserver.of(Route.LOG)
+    assert request.query["follow"] == "false"
