@@ -1,12 +1,14 @@
 # Two commands do everything on a fresh machine (Python 3.11+, Go 1.26, root):
 #   make demo    local control plane + legacy app + agent, the gate flipping in `kubectl get pods`
-#   make test    lint, type checks, unit, end-to-end, fault, real-node and benchmark-smoke tests
+#   make test    lint, type checks, unit, end-to-end, fault, real-node and benchmark-smoke tests on
+#                the newest pinned Kubernetes, then the tests marked all_versions on the oldest one
+#   make matrix  the tests marked all_versions on every pinned Kubernetes version (tests/harness/k8s/)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: test demo lint binaries node unit e2e faults realnode bench clean
+.PHONY: test matrix demo lint binaries binaries-all node unit e2e faults realnode bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +17,10 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 binaries: $(STAMP)
-	$(BIN)/python -m tests.harness.binaries --with-helm
+	$(BIN)/python -m tests.harness.binaries --with-helm --kube-version=newest --kube-version=oldest
+
+binaries-all: $(STAMP)
+	$(BIN)/python -m tests.harness.binaries --with-helm --kube-version=all
 
 # The real node: Debian packages (apt-get, when missing), kubelet, containerd, images (cached).
 node: $(STAMP)
@@ -29,6 +34,14 @@ lint: $(STAMP)
 
 test: lint binaries node
 	$(BIN)/pytest
+	$(BIN)/pytest --kube-version=oldest -m all_versions
+
+# Every version, even after a failure; the exit status says whether all passed.
+matrix: binaries-all
+	@status=0; for version in $$($(BIN)/python -m tests.harness.versions --minors); do \
+	  echo "=== Kubernetes $$version"; \
+	  $(BIN)/pytest --kube-version=$$version -m all_versions || status=1; \
+	done; exit $$status
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit

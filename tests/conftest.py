@@ -3,6 +3,10 @@
 - Test hygiene: no task may outlive the test that started it.
 - The real local control plane and what end-to-end and fault tests build on it (one control plane
   per pytest session, shared by ``tests/e2e`` and ``tests/faults``; never a mock).
+- ``--kube-version=1.30`` (or ``oldest``) runs the session against another pinned Kubernetes
+  version (tests/harness/k8s/); the default is the newest. Tests marked ``all_versions`` are the
+  ones every supported version must pass: ``make test`` runs them on the oldest too, ``make
+  matrix`` on every version.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.harness import versions
 from tests.harness.agent import AgentProcess, agent_env, bound_token_dir
 from tests.harness.binaries import ensure_helm
 from tests.harness.cluster import APISERVER_PORT, ControlPlane
@@ -30,6 +35,32 @@ from tests.harness.workloads import (
     delete_namespace,
     install_admission_policy,
 )
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--kube-version",
+        default=None,
+        metavar="VERSION",
+        help="the pinned Kubernetes version to run against (1.30, v1.30.14, oldest, newest; "
+        "see tests/harness/k8s/); default: the newest",
+    )
+
+
+def kube_version(config: pytest.Config) -> versions.KubeVersion:
+    try:
+        return versions.resolve(config.getoption("kube_version"))
+    except versions.VersionError as err:
+        raise pytest.UsageError(str(err)) from None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    kube_version(config)  # a version that is not pinned fails the session before collection
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    version = kube_version(config)
+    return f"kubernetes: {version.release} ({version.gomod_dir})"
 
 
 @pytest.fixture(autouse=True)
@@ -57,7 +88,8 @@ def control_plane(pytestconfig: pytest.Config) -> Iterator[ControlPlane]:
     capture = pytestconfig.pluginmanager.getplugin("capturemanager")
     with contextlib.ExitStack() as stack:
         with capture.global_and_fixture_disabled():
-            plane = stack.enter_context(ControlPlane.started(log=sys.stderr))
+            version = kube_version(pytestconfig).release
+            plane = stack.enter_context(ControlPlane.started(log=sys.stderr, version=version))
             install_admission_policy(plane)
         yield plane
 

@@ -46,6 +46,7 @@ def legacy_server() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
             app.stdout.close()
 
 
+@pytest.mark.all_versions
 def test_tcp_check_follows_a_banner_server_that_opens_and_closes_its_port(
     admin: KubeClient,
     make_pod: Callable[..., PodRef],
@@ -139,6 +140,7 @@ def _log_time(entry: dict[str, Any]) -> float:
     return datetime.fromisoformat(entry["timestamp"]).timestamp()
 
 
+@pytest.mark.all_versions
 def test_file_marker_present_then_removed_flips_the_gate(
     admin: KubeClient,
     make_pod: Callable[..., PodRef],

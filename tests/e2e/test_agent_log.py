@@ -5,9 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.harness.agent import AgentProcess
+import pytest
+
+from tests.harness.agent import STOP_BOUND, AgentProcess
 from tests.harness.kube import KubeClient
 from tests.harness.workloads import GATE, PodRef, wait_gate, wait_ready
+
+pytestmark = pytest.mark.all_versions
 
 
 def test_log_check_turns_gate_and_ready_true_then_false_on_fail_pattern(
@@ -46,6 +50,6 @@ def test_log_check_turns_gate_and_ready_true_then_false_on_fail_pattern(
     assert failed["reason"] == "CheckFailed"
     assert 'fail pattern "SEVERE" seen' in failed["message"]
     wait_ready(admin, pod, "False")
-    assert agent.stop() < 1.0
+    assert agent.stop() < STOP_BOUND
     assert agent.returncode == 0
     assert "Traceback" not in agent.stderr

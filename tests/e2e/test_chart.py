@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from sidecar.config import load_settings
-from tests.harness.agent import AgentProcess, agent_env, bound_token_dir
+from tests.harness.agent import STOP_BOUND, AgentProcess, agent_env, bound_token_dir
 from tests.harness.binaries import HELM_GOMOD_DIR, module_version
 from tests.harness.cluster import NODE_NAME, ControlPlane
 from tests.harness.helm import CHART, POLICY_KINDS, RELEASE, Helm, Installer, by_kind, documents
@@ -440,6 +440,7 @@ def installer(control_plane: ControlPlane) -> Iterator[Installer]:
     installer.cleanup()
 
 
+@pytest.mark.all_versions
 @pytest.mark.parametrize("values", CI_VALUES, ids=lambda v: v.stem)
 def test_rendered_manifests_pass_server_side_dry_run(
     helm: Helm, installer: Installer, namespace: str, values: Path
@@ -447,6 +448,21 @@ def test_rendered_manifests_pass_server_side_dry_run(
     manifests = helm.template(str(values), namespace=namespace)
     out = installer.apply(manifests, dry_run=True)
     assert len(out.strip().splitlines()) == len(documents(manifests))
+
+
+@pytest.mark.all_versions
+def test_helm_install_against_the_cluster_passes_the_charts_kube_version(
+    helm: Helm, control_plane: ControlPlane, namespace: str
+) -> None:
+    """``kubeVersion: >=1.30.0-0`` in Chart.yaml, checked by helm against the server's own
+    version (``--dry-run=server`` asks the cluster; ``helm template`` assumes helm's default)."""
+    result = helm.run(
+        "install", RELEASE, str(CHART), "--namespace", namespace, "--dry-run=server",
+        f"--kubeconfig={control_plane.kubeconfig}",
+        "--values", str(CHART / "ci" / "example-values.yaml"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "STATUS: pending-install" in result.stdout
 
 
 def test_notes_print_the_readiness_gates_snippet_and_a_watch_command(
@@ -567,6 +583,7 @@ def _waiter(
     return wait
 
 
+@pytest.mark.all_versions
 @pytest.mark.parametrize("native", [False, True], ids=["container", "native-sidecar"])
 def test_example_workload_gate_false_true_then_pod_ready(
     *,
@@ -591,10 +608,15 @@ def test_example_workload_gate_false_true_then_pod_ready(
     gate = pod["spec"]["readinessGates"][0]["conditionType"]
     sidecar = PodAsKubeletRunsIt(control_plane, pod, tmp_path)
     assert sidecar.native == native
+    # The API server kept the field (a server with SidecarContainers off drops it silently).
+    assert (sidecar.container.get("restartPolicy") == "Always") == native
     agent = sidecar.start()
     agents.append(agent)
     ref, wait = sidecar.ref, _waiter(admin, sidecar.ref, agent.describe)
-    if not native:
+    if native:
+        # The kubelet has started the sidecar and counts the Pod initialised while it runs on.
+        wait("Initialized", "True")
+    else:
         # The hollow kubelet's fake prober marks regular containers ready, never init containers.
         wait("ContainersReady", "True")
     agent.wait_started()
@@ -623,7 +645,7 @@ def test_example_workload_gate_false_true_then_pod_ready(
     if native:
         # Ready also needs ContainersReady, which the hollow kubelet never grants a native
         # sidecar; the rest of the way is the same as for a regular container.
-        assert agent.stop() < 2.0
+        assert agent.stop() < STOP_BOUND
         return
     wait("Ready", "True")
     deployment = (
@@ -646,11 +668,12 @@ def test_example_workload_gate_false_true_then_pod_ready(
         out.write("SEVERE: Servlet engine stopped\n")
     wait(gate, "False")
     wait("Ready", "False")
-    assert agent.stop() < 2.0
+    assert agent.stop() < STOP_BOUND
     assert agent.returncode == 0
     assert "Traceback" not in agent.stderr
 
 
+@pytest.mark.all_versions
 def test_chart_policy_confines_the_service_account_it_names(
     *,
     helm: Helm,

@@ -306,6 +306,7 @@ def test_example_manifests_follow_the_sidecar_conventions(name: str) -> None:
         assert "examples/rbac" in readme
 
 
+@pytest.mark.all_versions
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_example_passes_server_side_dry_run_in_a_restricted_namespace(
     control_plane: ControlPlane, namespace: str, name: str

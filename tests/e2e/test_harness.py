@@ -28,6 +28,8 @@ from tests.harness.workloads import (
     endpoint_ready,
 )
 
+pytestmark = pytest.mark.all_versions
+
 
 def _gate(status: str) -> dict[str, object]:
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.conditions import Condition, status_patch, timestamp
-from tests.harness.agent import AgentProcess
+from tests.harness.agent import STOP_BOUND, AgentProcess
 from tests.harness.cluster import ControlPlane
 from tests.harness.kube import (
     JSON,
@@ -47,6 +47,8 @@ from tests.harness.workloads import (
 OTHER_GATE = "example.com/cache-warm"
 # Same Role and RoleBinding as the agent, but a name the policy does not recognise: RBAC alone.
 UNMATCHED_SA = "plain-gate-writer"
+
+pytestmark = pytest.mark.all_versions
 
 
 def agent_patch(pod: PodRef, status: str, condition_type: str = GATE) -> JSON:
@@ -184,7 +186,7 @@ def test_the_agent_process_reaches_gate_true_under_the_policy(
     for refused in ("api_forbidden", "api_rejected", "event_not_created"):
         assert not agent.events(refused), agent.describe()
     # GATE_ON_SHUTDOWN=false: the last write on the way out passes the policy too.
-    assert agent.stop() < 5
+    assert agent.stop() < STOP_BOUND
     assert agent.returncode == 0
     gate = condition(admin.pod(pod.namespace, pod.name), GATE)
     assert gate is not None

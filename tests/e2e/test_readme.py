@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from sidecar.config import COMMON_PARAMETERS, KIND_PARAMETERS, SETTINGS, load_settings
@@ -23,6 +24,7 @@ def _pod_spec() -> dict[str, object]:
     return pod
 
 
+@pytest.mark.all_versions
 def test_readme_pod_spec_is_accepted_by_the_api_server(
     control_plane: ControlPlane, admin: KubeClient, namespace: str, tmp_path: Path
 ) -> None:

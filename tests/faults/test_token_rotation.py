@@ -89,7 +89,7 @@ def test_rotated_token_is_picked_up_without_a_restart_after_the_old_one_is_revok
     assert agent.status()["api"]["health"] == "unauthorized"
     held = gate_condition(admin, pod)
     assert held is not None
-    assert held["status"] == "True"  # the transition is not written yet
+    assert held["status"] == "True", (held, agent.describe())  # the transition is not written yet
     pid = agent.pid
 
     rotated = time.monotonic()

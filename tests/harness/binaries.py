@@ -1,15 +1,19 @@
 """Build the control-plane binaries from the official Go modules, once, and cache them.
 
-The Kubernetes version is pinned in exactly one place: the ``require k8s.io/kubernetes`` line of
-``tests/harness/gomod/go.mod``. Binaries land in
-``~/.cache/readiness-gate-sidecar/k8s-<version>-<go version>-<go.sum digest>/``, so a version
-bump, a Go upgrade or a dependency change builds afresh and everything else starts in seconds.
+Each Kubernetes version is pinned in exactly one place: the ``k8s.io/kubernetes`` requirement of
+``tests/harness/k8s/<minor>/go.mod`` (see ``versions.py``; the newest is the default). Binaries land
+in ``~/.cache/readiness-gate-sidecar/k8s-<version>-<go version>-<go.mod+go.sum digest>/``, so a
+version bump, a Go upgrade or a dependency change builds afresh and everything else starts in
+seconds. kube-apiserver, kube-controller-manager, kubemark and kubectl come from the version's own
+module; etcd only from the newest one, linked into every version's directory.
 
-Run ``python -m tests.harness.binaries`` to build ahead of time with visible progress.
+Run ``python -m tests.harness.binaries [--kube-version 1.30]`` to build ahead of time with visible
+progress.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
 import hashlib
@@ -26,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-GOMOD_DIR = Path(__file__).resolve().parent / "gomod"
+from tests.harness import versions
+
 HELM_GOMOD_DIR = Path(__file__).resolve().parent / "helmmod"
 # Go 1.27 built a kube-apiserver that served broken OpenAPI; refuse it rather than debug that again.
 REQUIRED_GO_MINOR = "go1.26"
@@ -37,8 +42,9 @@ K8S_TOOLS: tuple[tuple[str, str, float], ...] = (
     ("kube-controller-manager", "k8s.io/kubernetes/cmd/kube-controller-manager", 1.5),
     ("kubemark", "k8s.io/kubernetes/cmd/kubemark", 1.5),
     ("kubectl", "k8s.io/kubernetes/cmd/kubectl", 1.0),
-    ("etcd", "go.etcd.io/etcd/server/v3", 1.0),
 )
+# Built from the newest version's module only: the 1.37 etcd serves every supported API server.
+SHARED_TOOLS: tuple[tuple[str, str, float], ...] = (("etcd", "go.etcd.io/etcd/server/v3", 1.0),)
 HELM_TOOLS: tuple[tuple[str, str, float], ...] = (("helm", "helm.sh/helm/v3/cmd/helm", 2.0),)
 
 
@@ -68,10 +74,6 @@ def module_version(gomod_dir: Path, module: str) -> str:
     return match.group(1)
 
 
-def kubernetes_version() -> str:
-    return module_version(GOMOD_DIR, "k8s.io/kubernetes")
-
-
 def go_version() -> str:
     go = shutil.which("go")
     if go is None:
@@ -93,10 +95,36 @@ def _cache_key(gomod_dir: Path, prefix: str, version: str, go: str) -> str:
     return f"{prefix}-{version}-{go}-{digest.hexdigest()[:12]}"
 
 
-def ensure_kubernetes(out: TextIO = sys.stderr) -> Binaries:
-    """The control plane binaries for the pinned version, building whatever is missing."""
-    version = kubernetes_version()
-    return _ensure(GOMOD_DIR, "k8s", version, K8S_TOOLS, out, ldflags=_version_ldflags(version))
+def ensure_kubernetes(out: TextIO = sys.stderr, *, version: str | None = None) -> Binaries:
+    """The binaries of a pinned Kubernetes version (default: the newest), building what is missing.
+
+    ``version`` is anything ``versions.resolve`` accepts: "1.30", "v1.30.14", None.
+    """
+    kube, newest = versions.resolve(version), versions.newest()
+    own = K8S_TOOLS + SHARED_TOOLS if kube == newest else K8S_TOOLS
+    binaries = _ensure_version(kube, own, out)
+    if kube != newest:
+        shared = _ensure_version(newest, SHARED_TOOLS, out)
+        for name, _, _ in SHARED_TOOLS:
+            _link(binaries.path(name), shared.path(name))
+    return binaries
+
+
+def _ensure_version(
+    kube: versions.KubeVersion, tools: tuple[tuple[str, str, float], ...], out: TextIO
+) -> Binaries:
+    ldflags = _version_ldflags(kube.release)
+    return _ensure(kube.gomod_dir, "k8s", kube.release, tools, out, ldflags=ldflags)
+
+
+def _link(link: Path, target: Path) -> None:
+    """Point ``link`` at ``target`` atomically (concurrent sessions may be using the old link)."""
+    if link.is_symlink() and link.readlink() == target:
+        return
+    temporary = link.with_name(f".{link.name}.{os.getpid()}")
+    temporary.unlink(missing_ok=True)
+    temporary.symlink_to(target)
+    temporary.replace(link)
 
 
 def ensure_helm(out: TextIO = sys.stderr) -> Binaries:
@@ -155,7 +183,15 @@ def _ensure(
     with _exclusive(directory / ".lock"):
         missing = [tool for tool in tools if not binaries.path(tool[0]).is_file()]
         if missing:
-            _build(gomod_dir, missing, directory, out=out, ldflags=ldflags, label=label)
+            _build(
+                gomod_dir,
+                missing,
+                directory,
+                out=out,
+                ldflags=ldflags,
+                label=label,
+                version=version,
+            )
     return binaries
 
 
@@ -177,13 +213,14 @@ def _build(
     out: TextIO,
     ldflags: str,
     label: str = "control plane",
+    version: str,
 ) -> None:
     """One ``go build`` for all missing binaries: shared packages compile once, in parallel."""
     names = ", ".join(name for name, _, _ in tools)
     minutes = sum(m for _, _, m in tools)
     print(
-        f"[{label}] building {names} from the Go module proxy; a cold build takes up to "
-        f"~{minutes:g} min on 2 cores (later runs reuse ~/.cache)",
+        f"[{label}] building {names} {version} from the Go module proxy; a cold build takes up "
+        f"to ~{minutes:g} min on 2 cores (later runs reuse ~/.cache)",
         file=out,
         flush=True,
     )
@@ -227,10 +264,25 @@ def _progress(label: str, names: str, started: float, done: threading.Event, out
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.harness.binaries")
+    parser.add_argument("--with-helm", action="store_true", help="also build helm")
+    parser.add_argument(
+        "--kube-version",
+        action="append",
+        help="a pinned Kubernetes version (1.30, v1.30.14, oldest, newest or all); repeatable; "
+        "default: the newest",
+    )
+    args = parser.parse_args()
     started = time.monotonic()
-    k8s = ensure_kubernetes()
-    print(f"[control plane] Kubernetes {k8s.version} binaries in {k8s.directory}", file=sys.stderr)
-    if "--with-helm" in sys.argv[1:]:
+    wanted = args.kube_version or [None]
+    if "all" in wanted:
+        wanted = [v.minor for v in versions.available()]
+    for version in wanted:
+        k8s = ensure_kubernetes(version=version)
+        print(
+            f"[control plane] Kubernetes {k8s.version} binaries in {k8s.directory}", file=sys.stderr
+        )
+    if args.with_helm:
         helm = ensure_helm()
         print(f"[control plane] helm {helm.version} in {helm.directory}", file=sys.stderr)
     print(f"[control plane] ready after {time.monotonic() - started:.1f} s", file=sys.stderr)

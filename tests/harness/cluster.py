@@ -162,13 +162,20 @@ class ControlPlane:
     @classmethod
     @contextlib.contextmanager
     def started(
-        cls, *, log: TextIO = sys.stderr, keep_workdir: bool = False, hollow_node: bool = True
+        cls,
+        *,
+        log: TextIO = sys.stderr,
+        keep_workdir: bool = False,
+        hollow_node: bool = True,
+        version: str | None = None,
     ) -> Iterator[ControlPlane]:
         """Build (or reuse) the binaries, enter a private network namespace, start, yield, stop.
 
         ``hollow_node=False`` starts no hollow node (the demo on the real node needs none; see
-        :meth:`start_hollow_node`)."""
-        binaries = ensure_kubernetes(log)
+        :meth:`start_hollow_node`). ``version``: a pinned Kubernetes version ("1.30", see
+        ``versions.py``); None, the newest.
+        """
+        binaries = ensure_kubernetes(log, version=version)
         netns.enter_private_network()
         base = cache_root() / "run"
         base.mkdir(parents=True, exist_ok=True)
@@ -408,8 +415,12 @@ rules:
 
 
 def main() -> None:
-    """Start a control plane and keep it until Ctrl-C: ``python -m tests.harness.cluster``."""
-    with ControlPlane.started(keep_workdir="--keep" in sys.argv) as plane:
+    """Start a control plane and keep it until Ctrl-C: ``python -m tests.harness.cluster``.
+
+    ``--keep`` keeps its work directory; ``--kube-version=1.30`` runs another pinned version.
+    """
+    version = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--kube-version=")), None)
+    with ControlPlane.started(keep_workdir="--keep" in sys.argv, version=version) as plane:
         print(f"KUBECONFIG={plane.kubeconfig}  (inside this process's network namespace)")
         rss = plane.rss()
         for name, value in rss.items():

@@ -1,7 +1,7 @@
 """What the real node runs: the kubelet and containerd built from Go modules, the rest from Debian.
 
 - ``kubelet``: from the same pinned ``k8s.io/kubernetes`` module as the control plane
-  (``tests/harness/gomod/go.mod``), cached in the same directory as its binaries.
+  (the newest ``tests/harness/k8s/<minor>/go.mod``), cached in the same directory as its binaries.
 - ``containerd``, ``ctr`` and ``containerd-shim-runc-v2``: from
   ``github.com/containerd/containerd/v2``, pinned in ``tests/harness/containerdmod/go.mod`` and
   cached like the control plane
@@ -27,15 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from tests.harness import netns
-from tests.harness.binaries import (
-    GOMOD_DIR,
-    BuildError,
-    _ensure,
-    _version_ldflags,
-    kubernetes_version,
-    module_version,
-)
+from tests.harness import netns, versions
+from tests.harness.binaries import BuildError, _ensure, _version_ldflags, module_version
 
 CONTAINERD_GOMOD_DIR = Path(__file__).resolve().parent / "containerdmod"
 CONTAINERD_MODULE = "github.com/containerd/containerd/v2"
@@ -83,10 +76,11 @@ class NodeBinaries:
 def ensure_node_binaries(out: TextIO = sys.stderr) -> NodeBinaries:
     """The Debian packages, the kubelet and containerd, installing or building what is missing."""
     ensure_debian_packages(out)
-    version = kubernetes_version()
-    _download_modules(GOMOD_DIR, KUBELET_TOOLS)
+    kube = versions.newest()  # the node runs the newest pinned kubelet
+    version = kube.release
+    _download_modules(kube.gomod_dir, KUBELET_TOOLS)
     kubelet = _ensure(
-        GOMOD_DIR, "k8s", version, KUBELET_TOOLS, out,
+        kube.gomod_dir, "k8s", version, KUBELET_TOOLS, out,
         ldflags=_version_ldflags(version), label="node",
     )  # fmt: skip
     containerd_version = module_version(CONTAINERD_GOMOD_DIR, CONTAINERD_MODULE)

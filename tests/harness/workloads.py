@@ -133,11 +133,20 @@ def create_pod(
 
 
 def _running(pod: JSON) -> bool:
-    """ContainersReady, and every container started (the hollow kubelet reports its containers
-    ready while they are still ContainerCreating: evidence made then would predate them)."""
-    statuses = pod.get("status", {}).get("containerStatuses") or []
-    started = all("running" in (s.get("state") or {}) for s in statuses)
-    return bool(statuses) and started and condition_status(pod, "ContainersReady") == "True"
+    """The kubelet's status write that starts the containers is done.
+
+    The hollow kubelet reports ContainersReady True one status write before phase Running and
+    the containers' running state (0.3-0.7 s apart, on 1.30 to 1.37): a test that compares
+    resourceVersions must not start between the two.
+    """
+    status = pod.get("status", {})
+    containers = status.get("containerStatuses") or []
+    return (
+        status.get("phase") == "Running"
+        and condition_status(pod, "ContainersReady") == "True"
+        and bool(containers)
+        and all("running" in c.get("state", {}) for c in containers)
+    )
 
 
 def create_service(

@@ -1,6 +1,7 @@
-// The Kubernetes control plane used by the tests and the demo.
-// The Kubernetes version is pinned here and nowhere else: the require line below.
-module readiness-gate-sidecar/tests/harness/gomod
+// Kubernetes 1.37 for the test harness. The version is pinned here and nowhere else: the
+// k8s.io/kubernetes requirement below (write it with python -m tests.harness.pin vX.Y.Z).
+// etcd is built from the newest version's module only and shared by every version.
+module readiness-gate-sidecar/tests/harness/k8s/1.37
 
 go 1.26.0
 
