@@ -57,7 +57,7 @@ def expected_row_ids(smoke: bool) -> list[str]:
         *(f"scale.rest.n{n}" for n in sizes),
         "scale.flat",
         "repair.latency",
-        *([] if smoke else ["restart.gate_false", "restart.ready_window"]),
+        *([] if smoke else ["restart.gate_false", "restart.ready_window", "stdout.latency"]),
     ]
 
 
@@ -633,6 +633,21 @@ def _codes(codes: Mapping[str, int]) -> str:
     return f" ({', '.join(f'{n}x {code}' for code, n in codes.items())})" if codes else ""
 
 
+def stdout_row(stdout: JSON) -> JSON:
+    out, file = stdout["stdout_line_to_true"], stdout["file_line_to_true"]
+    return _row(
+        "stdout.latency",
+        "real node: a line on the container's stdout -> its gate True (log check through the API)",
+        f"p50 {ms(out['p50'])}, p99 {ms(out['p99'])} ({stdout['measured']} of "
+        f"{stdout['trials']} trials)",
+        baseline=f"the same line in a log file, same Pods, same run: p50 {ms(file['p50'])}, "
+        f"p99 {ms(file['p99'])}",
+        verdict="info",
+        figures={"stdout_p50": out["p50"], "stdout_p99": out["p99"], "file_p50": file["p50"],
+                 "file_p99": file["p99"]},
+    )  # fmt: skip
+
+
 def build_rows(results: JSON) -> list[JSON]:
     load = results["load_average"]
     cores = results["machine"]["cores"]
@@ -664,6 +679,8 @@ def build_rows(results: JSON) -> list[JSON]:
     rows += repair_rows(sections["repair"])
     if "restart" in sections:
         rows += restart_rows(sections["restart"])
+    if "stdout" in sections:
+        rows.append(stdout_row(sections["stdout"]))
     return rows
 
 

@@ -31,11 +31,12 @@ from benchmarks.repair import RepairBench
 from benchmarks.report import build_rows
 from benchmarks.restart import RestartBench
 from benchmarks.scale import ScaleBench
+from benchmarks.stdout import StdoutBench
 from tests.harness.cluster import ControlPlane
 
-SECTIONS = ("latency", "idle", "log_throughput", "scale", "repair", "restart")
+SECTIONS = ("latency", "idle", "log_throughput", "scale", "repair", "restart", "stdout")
 #: Sections the smoke run (CI) leaves out: the real node has its own test tier there.
-NOT_IN_SMOKE = ("restart",)
+NOT_IN_SMOKE = ("restart", "stdout")
 
 
 async def run_suite(
@@ -96,6 +97,7 @@ async def run_suite(
             RepairBench(plane, namespace, observer, workdir, smoke=smoke, out=out).run,
         )
         await section("restart", RestartBench(plane, namespace, workdir, smoke=smoke, out=out).run)
+        await section("stdout", StdoutBench(plane, namespace, workdir, smoke=smoke, out=out).run)
     finally:
         for task in (observer_task, load_task):
             task.cancel()

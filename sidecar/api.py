@@ -1,11 +1,13 @@
 """API transport: the only module that uses kubernetes_asyncio.
 
-Four requests on the agent's own Pod — GET it, WATCH it (``fieldSelector=metadata.name=<pod>``),
-PATCH its status (strategic merge), POST/PATCH Events — each bounded in time (kubernetes_asyncio
-has no timeout by default), none raising for HTTP or transport errors: every outcome is an
-:class:`ApiResponse` (status 0 = no HTTP answer). A watch stream yields raw JSON events and is
-guarded by an inactivity watchdog: a stream that stays silent longer than it may (a silently stuck
-watch, kubernetes-asyncio#360) ends with :class:`StreamBrokenError`.
+Five requests on the agent's own Pod — GET it, WATCH it (``fieldSelector=metadata.name=<pod>``),
+PATCH its status (strategic merge), POST/PATCH Events, GET a container's log (``follow``) — each
+bounded in time (kubernetes_asyncio has no timeout by default), none raising for HTTP or transport
+errors: every outcome is an :class:`ApiResponse` (status 0 = no HTTP answer). A watch stream
+yields raw JSON events and a log stream timestamped lines; both are guarded by an inactivity
+watchdog: a stream that stays silent longer than it may (a silently stuck watch,
+kubernetes-asyncio#360; a silent container) ends with :class:`StreamBrokenError`
+(:class:`StreamIdleError` for a log stream's silence).
 
 The ServiceAccount token is re-read whenever its file changes (the kubelet rotates it; checked on
 every request) and after a 401.
@@ -17,7 +19,7 @@ import asyncio
 import contextlib
 import json
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,6 +39,10 @@ STRATEGIC_MERGE = "application/strategic-merge-patch+json"
 REQUEST_TIMEOUT = 10.0
 #: A watch event (a Pod as JSON) longer than this breaks the stream instead of filling memory.
 WATCH_LINE_LIMIT = 8 * 1024 * 1024
+#: A container's log line keeps this many bytes (after its timestamp), like a followed file's.
+LOG_LINE_LIMIT = 64 * 1024
+#: The timestamp the kubelet puts before each line (RFC 3339 with nanoseconds) and a space.
+_STAMP_LIMIT = 64
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -71,13 +77,32 @@ class WatchEvent:
 
 
 class StreamBrokenError(Exception):
-    """A watch stream ended abnormally: transport error, inactivity, or an unreadable line.
+    """A stream ended abnormally: transport error, inactivity, or an unreadable line.
 
     ``stuck``: it went silent (the inactivity watchdog) rather than breaking."""
 
     def __init__(self, message: str, *, stuck: bool = False) -> None:
         super().__init__(message)
         self.stuck = stuck
+
+
+class StreamIdleError(StreamBrokenError):
+    """A log stream was silent for longer than allowed (normal for a quiet container)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TimedLine:
+    """One line of a container's log with ``timestamps=true``: the kubelet's RFC 3339 timestamp
+    and the text (decoded, invalid UTF-8 replaced, at most :data:`LOG_LINE_LIMIT` bytes)."""
+
+    stamp: str
+    text: str
+
+
+class LogLines(Protocol):
+    def __aiter__(self) -> AsyncGenerator[TimedLine, None]: ...
+
+    def close(self) -> None: ...
 
 
 class WatchStream(Protocol):
@@ -105,6 +130,21 @@ class PodApi(Protocol):
     async def create_event(self, event: JSON) -> ApiResponse: ...
 
     async def patch_event(self, name: str, patch: JSON) -> ApiResponse: ...
+
+    async def read_log(
+        self,
+        container: str,
+        *,
+        since: str | None,
+        tail_lines: int | None,
+        follow: bool,
+        inactivity: float,
+    ) -> tuple[ApiResponse, LogLines | None]:
+        """Open ``GET pods/<our pod>/log?container=&timestamps=true`` (``sinceTime``,
+        ``tailLines``, ``follow``). The lines are returned with a 2xx response, else ``None``;
+        they end when the server ends the stream and raise :class:`StreamIdleError` after
+        ``inactivity`` seconds without a byte."""
+        ...
 
     async def reload_credentials(self) -> None: ...
 
@@ -227,11 +267,7 @@ class KubePodApi:
         self, resource_version: str, *, timeout_seconds: int, inactivity: float
     ) -> tuple[ApiResponse, WatchStream | None]:
         ident = self._identity
-        # Only connecting and the response headers are bounded by the request timeout; the body
-        # is read under the stream's own inactivity watchdog.
-        stream_timeout = aiohttp.ClientTimeout(
-            total=None, connect=self._timeout, sock_connect=self._timeout
-        )
+        stream_timeout = self._stream_timeout()
         opened: list[aiohttp.ClientResponse] = []
 
         def request(api: Any, _: Any) -> Awaitable[aiohttp.ClientResponse]:
@@ -289,6 +325,53 @@ class KubePodApi:
                 _request_timeout=t,
             ),
         )
+
+    async def read_log(
+        self,
+        container: str,
+        *,
+        since: str | None,
+        tail_lines: int | None,
+        follow: bool,
+        inactivity: float,
+    ) -> tuple[ApiResponse, LogLines | None]:
+        ident = self._identity
+        query: list[tuple[str, str]] = [
+            ("container", container),
+            ("follow", "true" if follow else "false"),
+            ("timestamps", "true"),
+        ]
+        if since is not None:
+            query.append(("sinceTime", since))
+        if tail_lines is not None:
+            query.append(("tailLines", str(tail_lines)))
+        opened: list[aiohttp.ClientResponse] = []
+
+        def request(api: Any, _: Any) -> Awaitable[aiohttp.ClientResponse]:
+            # read_namespaced_pod_log has no since_time (the API's OpenAPI document leaves
+            # sinceTime out): the same request through the client's own call_api, with its
+            # authentication (the token hook) and the same path.
+            opening: Awaitable[aiohttp.ClientResponse] = api.api_client.call_api(
+                "/api/v1/namespaces/{namespace}/pods/{name}/log",
+                "GET",
+                path_params={"namespace": ident.namespace, "name": ident.pod_name},
+                query_params=query,
+                header_params={"Accept": "application/json, */*"},  # as kubectl: 406 for text/plain
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _request_timeout=self._stream_timeout(),
+            )
+            return opening
+
+        response = await self._call("log", request, keep_open=opened)
+        if not response.ok or not opened:
+            return response, None
+        return response, _LogStream(opened[0], inactivity)
+
+    def _stream_timeout(self) -> aiohttp.ClientTimeout:
+        """Only connecting and the response headers are bounded by the request timeout (see
+        ``_call``); the body is read under the stream's own inactivity watchdog."""
+        return aiohttp.ClientTimeout(total=None, connect=self._timeout, sock_connect=self._timeout)
 
     async def reload_credentials(self) -> None:
         self._invalidate()
@@ -373,6 +456,75 @@ class _ResponseStream:
 
     async def aclose(self) -> None:
         self._response.close()
+
+
+class _LogStream:
+    """The lines of a log response (``timestamps=true``) under an inactivity watchdog.
+
+    Lines are split on ``\\n`` (a ``\\r\\n`` ending loses its ``\\r``), the text after the timestamp
+    is capped at :data:`LOG_LINE_LIMIT` bytes (the rest of a longer line is dropped as it arrives,
+    never held) and decoded as UTF-8 with invalid bytes replaced. An unfinished last line when the
+    stream ends is dropped: a reconnect from its second sends it whole.
+    """
+
+    def __init__(self, response: aiohttp.ClientResponse, inactivity: float) -> None:
+        self._response = response
+        self._inactivity = inactivity
+
+    async def __aiter__(self) -> AsyncGenerator[TimedLine, None]:
+        buffer = bytearray()
+        skipping = False  # in the dropped rest of a line that was too long
+        content = self._response.content
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self._inactivity):
+                        chunk = await content.readany()
+                except TimeoutError:
+                    silent = f"no output for {self._inactivity:g}s"
+                    raise StreamIdleError(silent, stuck=True) from None
+                except (aiohttp.ClientError, OSError) as err:
+                    raise StreamBrokenError(_describe_transport_error(err, 0)) from None
+                if not chunk:
+                    return  # the server ended the stream
+                start = 0
+                while start < len(chunk):
+                    newline = chunk.find(b"\n", start)
+                    end = len(chunk) if newline < 0 else newline
+                    if not skipping:
+                        buffer += chunk[start:end]
+                        if len(buffer) > (cut := _line_cap(buffer)):
+                            del buffer[cut:]
+                            yield _timed_line(bytes(buffer))
+                            skipping = True
+                    if newline >= 0:
+                        if not skipping:
+                            yield _timed_line(bytes(buffer))
+                        buffer.clear()
+                        skipping = False
+                    start = end + 1
+                if skipping:
+                    buffer.clear()
+        finally:
+            self._response.release()
+
+    def close(self) -> None:
+        self._response.close()
+
+
+def _line_cap(line: bytearray) -> int:
+    """Where a too long line is cut: :data:`LOG_LINE_LIMIT` bytes after its timestamp."""
+    space = line.find(b" ", 0, _STAMP_LIMIT)
+    return (space + 1 if space >= 0 else 0) + LOG_LINE_LIMIT
+
+
+def _timed_line(line: bytes) -> TimedLine:
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    stamp, space, text = line.partition(b" ")
+    if not space or len(stamp) >= _STAMP_LIMIT:  # not a timestamped line
+        stamp, text = b"", line
+    return TimedLine(stamp.decode("ascii", "replace"), text.decode("utf-8", "replace"))
 
 
 def _event(line: bytes) -> WatchEvent:

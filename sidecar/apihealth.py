@@ -4,13 +4,12 @@ The Pod observer (reads, the watch) and the gate writer (status patches) share o
 :class:`ApiStatus`. A failure is classified here, at the client layer, into what to do next
 (retry at once after a token re-read, back off, re-read the Pod, stop because the Pod is gone),
 and each kind of failure is logged once when it starts, with what to fix, and once more when it
-ends — never per retry. Each loop keeps its own :class:`Backoff`.
+ends — never per retry. Each loop keeps its own :class:`~sidecar.backoff.Backoff`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -18,10 +17,6 @@ from enum import StrEnum
 import structlog
 
 from sidecar.api import ApiResponse
-
-BACKOFF_BASE = 0.5
-BACKOFF_CAP = 16.0
-RETRY_AFTER_CAP = 60.0
 
 
 class ApiHealth(StrEnum):
@@ -42,27 +37,6 @@ ROLE_RULES = {
     "watch": '{apiGroups: [""], resources: ["pods"], verbs: ["list", "watch"]}',
     "patch": '{apiGroups: [""], resources: ["pods/status"], verbs: ["patch"]}',
 }
-
-
-class Backoff:
-    """Exponential backoff with equal jitter: half the delay is fixed, half random."""
-
-    def __init__(self, rng: random.Random, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP):
-        self._rng = rng
-        self._base = base
-        self._cap = cap
-        self._attempt = 0
-
-    def next_delay(self, retry_after: float | None = None) -> float:
-        ceiling = min(self._cap, self._base * 2.0 ** min(self._attempt, 32))
-        self._attempt += 1
-        delay = ceiling / 2 + self._rng.uniform(0, ceiling / 2)
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, RETRY_AFTER_CAP))
-        return delay
-
-    def reset(self) -> None:
-        self._attempt = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

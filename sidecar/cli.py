@@ -13,13 +13,18 @@ import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from sidecar import __version__
-from sidecar.checks import build_check
+from sidecar.checks import ContainerLogs, build_check
 from sidecar.clock import SystemClock
 from sidecar.config import ConfigError, Settings, load_settings
+from sidecar.model import LogParams
 from sidecar.prober import probe
 from sidecar.results import CheckState, Results
+
+if TYPE_CHECKING:
+    from sidecar.api import PodApi
 
 EXIT_OK = 0
 EXIT_NOT_READY = 1
@@ -85,20 +90,42 @@ def _run(settings: Settings) -> int:
 async def _check_once(settings: Settings) -> int:
     clock = SystemClock()
     results = Results(settings.checks, settings.mode)
-    for spec in settings.checks:
-        check = build_check(spec, clock)
-        try:
-            result = await probe(check, clock)
-            while result.inconclusive:  # still reading a big log: it makes progress, wait for it
+    api, logs = _api_for_output(settings)
+    try:
+        for spec in settings.checks:
+            check = build_check(spec, clock, container_logs=logs, follow=False)
+            try:
                 result = await probe(check, clock)
-        finally:
-            await check.aclose()
-        print(f"{'PASS' if result.ok else 'FAIL'}  {spec.label}: {result.detail}")
-        state = CheckState.READY if result.ok else CheckState.NOT_READY
-        results.update(spec.id, result, state)
+                while result.inconclusive:  # still reading a big log: it makes progress, wait
+                    result = await probe(check, clock)
+            finally:
+                await check.aclose()
+            print(f"{'PASS' if result.ok else 'FAIL'}  {spec.label}: {result.detail}")
+            state = CheckState.READY if result.ok else CheckState.NOT_READY
+            results.update(spec.id, result, state)
+    finally:
+        if api is not None:
+            await api.aclose()
     every_gate_passes = True
     for key, gate in results.gates().items():
         every_gate_passes &= gate.ok
         name = key or settings.condition_type or "(the Pod's readiness gate)"
         print(f"gate {name}: {'True' if gate.ok else 'False'} ({gate.reason}: {gate.message})")
     return EXIT_OK if every_gate_passes else EXIT_NOT_READY
+
+
+def _api_for_output(settings: Settings) -> tuple[PodApi | None, ContainerLogs | None]:
+    """The API, only when a log check reads a container's output and the Pod is known (the
+    import costs a second: ``check`` of files and ports does without)."""
+    reads_output = any(
+        isinstance(spec.params, LogParams) and spec.params.follows_output
+        for spec in settings.checks
+    )
+    if not reads_output or settings.identity is None:
+        return None, None
+    from sidecar.api import KubePodApi  # noqa: PLC0415
+    from sidecar.metrics import Metrics  # noqa: PLC0415
+    from sidecar.podlogs import PodLogs  # noqa: PLC0415
+
+    api = KubePodApi(settings.api, settings.identity, Metrics())
+    return api, PodLogs(api, settings.identity.namespace)

@@ -33,11 +33,14 @@ Variables, with their defaults:
 
     CHECK_<ID>_KIND           log | tcp | file | http | exec; <ID> is letters and digits
     CHECK_<ID>_GATE           the condition this check feeds            [GATE_CONDITION_TYPE]
-    CHECK_<ID>_CONTAINER      the container whose restarts reset the check
-                              [every container but the agent's own]
+    CHECK_<ID>_CONTAINER      the container whose restarts reset the check; for a log check
+                              without _PATH also the container whose output (stdout and
+                              stderr, through the API: needs GATE_WRITE=true and get on
+                              pods/log) is the log        [every container but the agent's own]
     CHECK_<ID>_PERIOD_SECONDS (and the other timing suffixes) override GATE_* for this check
     CHECK_<ID>_FAST_PERIOD_SECONDS   the same for one tcp or http check
-    log:  _PATH, _PATTERN, _FAIL_PATTERN, _START_PATTERN, _MAX_AGE_SECONDS, _FROM (start | end)
+    log:  _PATH (or _CONTAINER alone), _PATTERN, _FAIL_PATTERN, _START_PATTERN, _MAX_AGE_SECONDS,
+          _FROM (start | end)
     tcp:  _ADDRESS (host:port, [v6]:port, :port, unix:/path), _SEND (\\r \\n \\t \\0 \\xHH \\\\),
           _EXPECT (a regex for the reply)
     file: _PATH, _STATE (present | absent), _CONTAINS, _MAX_AGE_SECONDS
@@ -360,7 +363,7 @@ def _settings(r: _Reader, *, require_api: bool) -> Settings:
     token_dir = r.get("GATE_TOKEN_DIR", p.absolute_path, DEFAULT_TOKEN_DIR)
     container_name = r.get("GATE_CONTAINER_NAME", p.container_name, DEFAULT_CONTAINER_NAME)
     _unknown_settings(r)
-    checks = _checks(r, condition_type, defaults, fast_period)
+    checks = _checks(r, condition_type, defaults, fast_period, write=write)
     needs_api = require_api and write and "GATE_WRITE" not in r.failed
     identity, warnings = _identity(r, required=needs_api)
     if not write:
@@ -439,7 +442,12 @@ def _check_timeout(r: _Reader, prefixes: tuple[str, ...], timing: Timing) -> Non
 
 
 def _checks(
-    r: _Reader, default_gate: str | None, defaults: Timing, fast_period: float | None
+    r: _Reader,
+    default_gate: str | None,
+    defaults: Timing,
+    fast_period: float | None,
+    *,
+    write: bool,
 ) -> tuple[CheckSpec, ...]:
     groups: dict[str, set[str]] = {}
     malformed = []
@@ -466,7 +474,7 @@ def _checks(
             )
         )
     specs = [
-        _check(r, i, suffixes, default_gate, defaults, fast_period=fast_period)
+        _check(r, i, suffixes, default_gate, defaults, fast_period=fast_period, write=write)
         for i, suffixes in sorted(groups.items())
     ]
     checks = tuple(spec for spec in specs if spec is not None)
@@ -483,6 +491,7 @@ def _check(
     defaults: Timing,
     *,
     fast_period: float | None,
+    write: bool,
 ) -> CheckSpec | None:
     prefix = f"CHECK_{check_id}_"
     if not suffixes.intersection(PARAMETERS):
@@ -495,7 +504,10 @@ def _check(
     timing = _timing(r, (prefix, "GATE_"), defaults)
     gate = r.get(prefix + "GATE", p.condition_type, default_gate)
     container = r.parse(prefix + "CONTAINER", p.container_name)
-    params = _PARAMS[kind](r, prefix) if kind is not None else None
+    if kind is CheckKind.LOG:
+        params: CheckParams | None = _log_params(r, prefix, container, write=write)
+    else:
+        params = _PARAMS[kind](r, prefix) if kind is not None else None
     if kind is None:
         return None
     timing = replace(timing, fast_period=_fast_period(r, prefix, kind, timing.period, fast_period))
@@ -512,6 +524,8 @@ def _containers_unseen(checks: tuple[CheckSpec, ...]) -> tuple[str, ...]:
     for check in checks:
         if check.container is None:
             continue
+        if isinstance(check.params, LogParams) and check.params.follows_output:
+            continue  # a configuration error in this mode, reported as such
         hint = (
             f"; set CHECK_{check.id}_START_PATTERN to the line the application logs when it starts"
             if check.kind is CheckKind.LOG
@@ -600,8 +614,12 @@ def _check_gates(r: _Reader, checks: tuple[CheckSpec, ...]) -> None:
             )
 
 
-def _log_params(r: _Reader, prefix: str) -> LogParams | None:
-    path = r.required(prefix + "PATH", p.absolute_path, "required for log checks: the log file")
+def _log_params(r: _Reader, prefix: str, container: str | None, *, write: bool) -> LogParams | None:
+    """Without ``_PATH`` the lines are the output of ``_CONTAINER`` (see :func:`_output_of`)."""
+    path = r.parse(prefix + "PATH", p.absolute_path)
+    output_of = (
+        _output_of(r, prefix, container, write=write) if r.raw(prefix + "PATH") is None else None
+    )
     pattern = r.required(
         prefix + "PATTERN", p.regex, "required for log checks: a regular expression for the line"
     )
@@ -609,7 +627,7 @@ def _log_params(r: _Reader, prefix: str) -> LogParams | None:
     start_pattern = r.parse(prefix + "START_PATTERN", p.regex)
     max_age = r.parse(prefix + "MAX_AGE_SECONDS", p.positive_seconds)
     start = r.get(prefix + "FROM", p.choice(LogStart), LogStart.START)
-    if path is None or pattern is None:
+    if pattern is None or (path is None and output_of is None):
         return None
     return LogParams(
         path=path,
@@ -618,7 +636,33 @@ def _log_params(r: _Reader, prefix: str) -> LogParams | None:
         start_pattern=start_pattern,
         max_age=max_age,
         start=start,
+        output_of=output_of,
     )
+
+
+def _output_of(r: _Reader, prefix: str, container: str | None, *, write: bool) -> str | None:
+    """A log check without ``_PATH`` follows the output of ``_CONTAINER`` through the API: the
+    container's name, or None (and the problem reported)."""
+    if container is None:
+        if prefix + "CONTAINER" not in r.failed:
+            r.problem(
+                prefix + "PATH",
+                "required for log checks: the log file; or, without it, set "
+                f"{prefix}CONTAINER to follow that container's output (stdout and stderr) "
+                "through the API",
+            )
+        return None
+    if not write:
+        r.problem(
+            prefix + "CONTAINER",
+            f"without {prefix}PATH the check follows the output of container {container} through "
+            "the Kubernetes API, which probe-only mode (GATE_WRITE=false) does not use: set "
+            f"{prefix}PATH to a log file the application writes on a shared volume, or "
+            "GATE_WRITE=true with a Role that grants get on pods/log (chart value "
+            "rbac.podLogs=true, or examples/rbac/pod-logs-rbac.yaml)",
+        )
+        return None
+    return container
 
 
 def _tcp_params(r: _Reader, prefix: str) -> TcpParams | None:
@@ -667,7 +711,6 @@ def _exec_params(r: _Reader, prefix: str) -> ExecParams | None:
 
 
 _PARAMS: Mapping[CheckKind, Callable[[_Reader, str], CheckParams | None]] = {
-    CheckKind.LOG: _log_params,
     CheckKind.TCP: _tcp_params,
     CheckKind.FILE: _file_params,
     CheckKind.HTTP: _http_params,
@@ -756,7 +799,8 @@ def _describe_check(check: CheckSpec) -> dict[str, object]:
 def _describe_params(params: CheckParams) -> dict[str, object]:
     if isinstance(params, LogParams):
         return {
-            "path": str(params.path),
+            "path": _str_or_none(params.path),
+            "output_of": params.output_of,
             "pattern": params.pattern.pattern,
             "fail_pattern": _pattern(params.fail_pattern),
             "start_pattern": _pattern(params.start_pattern),

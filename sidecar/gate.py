@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 import structlog
 
 from sidecar.api import JSON, PodApi
-from sidecar.apihealth import BACKOFF_BASE, BACKOFF_CAP, ApiStatus, Backoff, Verdict
+from sidecar.apihealth import ApiStatus, Verdict
+from sidecar.backoff import BACKOFF_BASE, BACKOFF_CAP, Backoff
 from sidecar.clock import Clock
 from sidecar.conditions import (
     Condition,

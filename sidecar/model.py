@@ -59,7 +59,10 @@ class Timing:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LogParams:
-    path: Path
+    """A log check's parameters. Its lines come from the file ``path`` or, without one, from the
+    output (stdout and stderr) of the container ``output_of``, read through the API."""
+
+    path: Path | None
     pattern: re.Pattern[str]
     fail_pattern: re.Pattern[str] | None = None
     #: A line the application writes when it (re)starts: evidence before the latest one is
@@ -67,6 +70,12 @@ class LogParams:
     start_pattern: re.Pattern[str] | None = None
     max_age: float | None = None
     start: LogStart = LogStart.START
+    output_of: str | None = None
+
+    @property
+    def follows_output(self) -> bool:
+        """Whether the lines are a container's output (through the API), not a file."""
+        return self.path is None and self.output_of is not None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

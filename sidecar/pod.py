@@ -25,7 +25,8 @@ from typing import Any
 import structlog
 
 from sidecar.api import JSON, ApiResponse, PodApi, StreamBrokenError, WatchEvent, WatchStream
-from sidecar.apihealth import BACKOFF_BASE, BACKOFF_CAP, ApiStatus, Backoff
+from sidecar.apihealth import ApiStatus
+from sidecar.backoff import BACKOFF_BASE, BACKOFF_CAP, Backoff
 from sidecar.clock import Clock
 from sidecar.config import Identity
 from sidecar.metrics import Metrics

@@ -28,6 +28,7 @@ from sidecar.gate import GateWriter
 from sidecar.metrics import Metrics
 from sidecar.model import ShutdownPolicy
 from sidecar.pod import PodObserver
+from sidecar.podlogs import PodLogs
 from sidecar.prober import Worker
 from sidecar.results import CheckStatus, Results
 from sidecar.server import Server
@@ -53,7 +54,16 @@ class Agent:
         rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self.metrics = Metrics()
         self.registry = self.metrics.registry
-        self.checks: list[Check] = [build_check(spec, self.clock) for spec in settings.checks]
+        self.api: PodApi | None = None
+        logs: PodLogs | None = None
+        if settings.write:
+            identity = settings.identity
+            assert identity is not None, "config requires POD_NAME/POD_NAMESPACE to write"
+            self.api = api or KubePodApi(settings.api, identity, self.metrics)
+            logs = PodLogs(self.api, identity.namespace)  # for checks of a container's output
+        self.checks: list[Check] = [
+            build_check(spec, self.clock, container_logs=logs) for spec in settings.checks
+        ]
         self.results = Results(settings.checks, settings.mode)
         restarts = self.metrics.container_restarts
         self.containers = Containers(settings.container_name, lambda n: restarts.labels(n).inc())
@@ -69,27 +79,25 @@ class Agent:
             )
             for c in self.checks
         }
-        self.api: PodApi | None = None
         self.api_status: ApiStatus | None = None
         self.observer: PodObserver | None = None
         self.writer: GateWriter | None = None
         self.events: EventRecorder | None = None
-        if settings.write:
-            self._wire_api(settings, api, rng)
+        if self.api is not None:
+            self._wire_api(settings, self.api, rng)
         self.server = Server(self, settings.http_host, settings.http_port)
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
-    def _wire_api(self, settings: Settings, api: PodApi | None, rng: random.Random) -> None:
+    def _wire_api(self, settings: Settings, api: PodApi, rng: random.Random) -> None:
         identity = settings.identity
         assert identity is not None, "config requires POD_NAME/POD_NAMESPACE to write"
-        self.api = api or KubePodApi(settings.api, identity, self.metrics)
         self.api_status = ApiStatus(
             pod=f"{identity.namespace}/{identity.pod_name}",
             namespace=identity.namespace,
-            reload_credentials=self.api.reload_credentials,
+            reload_credentials=api.reload_credentials,
         )
         self.observer = PodObserver(
-            self.api,
+            api,
             self.api_status,
             identity=identity,
             clock=self.clock,
@@ -100,11 +108,11 @@ class Agent:
         observer = self.observer
         if settings.events:
             self.events = EventRecorder(
-                self.api, identity=identity, uid=lambda: observer.uid, clock=self.clock,
+                api, identity=identity, uid=lambda: observer.uid, clock=self.clock,
                 metrics=self.metrics,
             )  # fmt: skip
         self.writer = GateWriter(
-            self.api,
+            api,
             self.results,
             self.api_status,
             identity=identity,

@@ -58,6 +58,9 @@ class FileLines:
             missing=f"{self._path} does not exist yet" if batch.missing else None,
         )
 
+    def restarted(self, started_at: float) -> None:
+        """Nothing to do: the file is followed all along (see the log check's forget_before)."""
+
     async def aclose(self) -> None:
         self._wakeups.close()
         with self._flags:

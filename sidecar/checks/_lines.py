@@ -1,9 +1,9 @@
 """Where a log check's lines come from: the :class:`LineSource` interface and its registry.
 
 The log check (``log.py``) only matches lines and keeps its state; a line source finds the lines:
-the file follower (``_file_lines.py``) today. Another source (e.g. a container's output through
-the API) is one new module implementing :class:`LineSource` plus one entry in the registry,
-``_sources.SOURCES``.
+the file follower (``_file_lines.py``) and a container's output followed through the API
+(``_container_lines.py``). Another source is one new module implementing :class:`LineSource` plus
+one entry in the registry, ``_sources.SOURCES``.
 
 The contract
     :meth:`LineSource.read` returns what is new since the previous call as a :class:`LineBatch`
@@ -18,13 +18,18 @@ The contract
     ``written_before`` bounds when the batch's lines were written (epoch seconds), for a heartbeat's
     age and for :meth:`~sidecar.checks.base.Check.forget_before`: a file source gives the file's
     modification time for content that was there before it opened the file; a container stream
-    would give the timestamp of the batch's last line. ``None``: the lines are new, written at the
-    latest when read.
+    gives the timestamp of the batch's last line. ``None``: the lines are new, written at the
+    latest when read. A source that knows when each line was written (a container's output: the
+    runtime stamps every line) also gives ``times``, one per line; a line's own time then counts.
+    A batch never mixes lines of two instances of a container (two streams).
 
     Blocking calls run on the :class:`~sidecar.checks._runner.Runner` the check hands to the
     source (never the loop's default executor). ``wakeups()`` yields when there may be new lines
     (or ``None``: the prober's period only). ``progress()`` says how far a catch-up has come.
-    ``aclose()`` releases everything; a read in flight may finish later, its result dropped.
+    ``restarted(started_at)``: the Pod's status shows a new instance of the followed container,
+    started at ``started_at`` (epoch seconds, whole): a source that waits to reconnect to it may do
+    so now (a file source ignores it). ``aclose()`` releases everything; a read in flight may
+    finish later, its result dropped.
 """
 
 from __future__ import annotations
@@ -40,14 +45,16 @@ class LineBatch:
 
     ``text``: complete lines, each ending with ``"\\n"`` (``""`` when there are none).
     ``written_before``: every line was written at the latest at this time (epoch seconds);
-    ``None``: at the latest when read. ``rotated``: the source was rotated before these lines
-    (diagnostics only). ``more``: there is more to read now. ``missing``: after these lines there
-    is nothing to follow, and why (``"/logs/app.log does not exist yet"``). ``error``: the source
-    cannot be read, and why; a later read may succeed.
+    ``None``: at the latest when read. ``times``: when each line was written (epoch seconds), one
+    per line, from sources that know it; ``None``: ``written_before`` bounds them. ``rotated``:
+    the source was rotated before these lines (diagnostics only). ``more``: there is more to read
+    now. ``missing``: after these lines there is nothing to follow, and why (``"/logs/app.log does
+    not exist yet"``). ``error``: the source cannot be read, and why; a later read may succeed.
     """
 
     text: str = ""
     written_before: float | None = None
+    times: tuple[float, ...] | None = None
     rotated: bool = False
     more: bool = False
     missing: str | None = None
@@ -65,7 +72,7 @@ class Progress:
 class LineSource(Protocol):
     """The lines of one log check (see the module docstring for the contract)."""
 
-    #: How details name the source: the path of a file.
+    #: How details name the source: the path of a file, ``the output of container app``.
     where: str
 
     async def read(self) -> LineBatch: ...
@@ -73,5 +80,7 @@ class LineSource(Protocol):
     def wakeups(self) -> AsyncIterator[None] | None: ...
 
     def progress(self) -> Progress | None: ...
+
+    def restarted(self, started_at: float) -> None: ...
 
     async def aclose(self) -> None: ...

@@ -100,10 +100,12 @@ class MatchKind(StrEnum):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Found:
     """What a block of lines says. ``kind``/``line``: its last match (``None``: no match after the
-    last start line); ``restarted``: it holds a start line, so evidence before it is forgotten."""
+    last start line), which begins at index ``offset`` of the block; ``restarted``: it holds a
+    start line, so evidence before it is forgotten."""
 
     kind: MatchKind | None
     line: str = ""
+    offset: int = 0
     restarted: bool = False
 
 
@@ -141,4 +143,4 @@ class Scanner:
         else:
             return None
         line = bounded(text[begin:end], LINE_LIMIT)
-        return Found(kind=kind, line=line, restarted=start is not None)
+        return Found(kind=kind, line=line, offset=begin, restarted=start is not None)

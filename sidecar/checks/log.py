@@ -11,14 +11,16 @@ The age of a line
     Counted from the latest time it can have been written: when the agent read it or, for lines
     that were already in the file when the agent opened it, the file's modification time at that
     moment (whichever is earlier). So after an agent restart, a heartbeat the application wrote
-    three hours ago is three hours old, not fresh.
+    three hours ago is three hours old, not fresh. A container's output carries each line's own
+    time (the container runtime's timestamp), which then counts.
 
 Restarts of the application
     ``start_pattern``: a line the application writes when it (re)starts. Evidence before the
     latest start line is forgotten; a line that matches the start pattern and the ready (or fail)
     pattern counts as a ready (or fail) line: the start applies first, then the line's own
     verdict. :meth:`LogCheck.forget_before` (a new container instance) drops a match that is
-    provably older than the instance. A check whose match was forgotten says so: "not seen ...
+    provably older than the instance, and tells the source (a container's output is then read
+    from the new instance's start). A check whose match was forgotten says so: "not seen ...
     since the application started".
 
 Rotation is not a restart
@@ -27,8 +29,9 @@ Rotation is not a restart
     latest match is kept, also while the file is missing in between.
 
 Where lines come from
-    A :class:`~sidecar.checks._lines.LineSource` (``_sources.open_source``: the file follower).
-    This module only matches lines (``_match.Scanner``) and keeps the state.
+    A :class:`~sidecar.checks._lines.LineSource` (``_sources.open_source``: the file follower, or
+    a container's output through the API). This module only matches lines (``_match.Scanner``)
+    and keeps the state.
 
 Reading
     A *drain* reads and matches everything new, batch by batch, in a task of its own that probes
@@ -50,10 +53,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Final
 
+from sidecar.checks._container_lines import ContainerLogs
 from sidecar.checks._lines import LineBatch
 from sidecar.checks._match import Found, MatchKind, Scanner
 from sidecar.checks._runner import Runner
-from sidecar.checks._sources import open_source
+from sidecar.checks._sources import SourceContext, open_source
 from sidecar.checks.base import not_before, timed_result
 from sidecar.clock import Clock
 from sidecar.model import CheckResult, CheckSpec, LogParams, bounded
@@ -85,7 +89,16 @@ def show_pattern(pattern: str) -> str:
 class LogCheck:
     """Follow the application's log and report whether its latest matching line says "ready"."""
 
-    def __init__(self, spec: CheckSpec, clock: Clock) -> None:
+    def __init__(
+        self,
+        spec: CheckSpec,
+        clock: Clock,
+        *,
+        container_logs: ContainerLogs | None = None,
+        follow: bool = True,
+    ) -> None:
+        """``container_logs``: the API's log streams, for a check of a container's output;
+        ``follow=False``: read the lines there are once (the ``check`` command)."""
         if not isinstance(spec.params, LogParams):
             raise TypeError(f"{spec.label}: expected LogParams, got {type(spec.params).__name__}")
         params = spec.params
@@ -93,7 +106,15 @@ class LogCheck:
         self._params = params
         self._clock = clock
         self._runner = Runner(f"check-{spec.id}")
-        self._source = open_source(params, self._runner, spec.timing.period)
+        context = SourceContext(
+            label=spec.id,
+            runner=self._runner,
+            poll_interval=spec.timing.period,
+            clock=clock,
+            container_logs=container_logs,
+            follow=follow,
+        )
+        self._source = open_source(params, context)
         self._scanner = Scanner(params.pattern, params.fail_pattern, params.start_pattern)
         self._match: LogMatch | None = None
         self._forgotten = False  # a start line or a new instance forgot the match
@@ -119,6 +140,7 @@ class LogCheck:
         if self._match is not None and self._match.seen_at < floor:
             self._match = None
             self._forgotten = True
+        self._source.restarted(started_at)
 
     async def aclose(self) -> None:
         self._closed = True
@@ -183,7 +205,9 @@ class LogCheck:
         if found.kind is None:
             return
         seen_at = self._clock.time()
-        if batch.written_before is not None:
+        if batch.times is not None:  # the line's own time
+            seen_at = min(seen_at, batch.times[batch.text.count("\n", 0, found.offset)])
+        elif batch.written_before is not None:
             seen_at = min(seen_at, batch.written_before)
         if self._not_before is not None and seen_at < self._not_before:
             # older than the application's current instance, and so is everything before it

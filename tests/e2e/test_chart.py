@@ -192,6 +192,34 @@ def test_defaults_render_the_rbac_and_the_policy_only(helm: Helm) -> None:
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
 
 
+def test_pod_logs_add_a_role_of_their_own_granting_only_get_on_pods_log(helm: Helm) -> None:
+    docs = documents(helm.template(namespace="shop", rbac__podLogs="true"))
+    agent_role, logs_role = sorted(by_kind(docs, "Role"), key=lambda r: r["metadata"]["name"])
+    assert logs_role["metadata"]["name"] == agent_role["metadata"]["name"] + "-pod-logs"
+    assert logs_role["rules"] == [{"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]}]
+    assert [rule["resources"] for rule in agent_role["rules"]] == [
+        ["pods"],
+        ["pods/status"],
+        ["events"],
+    ]  # the agent's own Role is unchanged
+    bindings = {doc["roleRef"]["name"]: doc for doc in by_kind(docs, "RoleBinding")}
+    assert sorted(bindings) == [agent_role["metadata"]["name"], logs_role["metadata"]["name"]]
+    assert bindings[logs_role["metadata"]["name"]]["subjects"] == [
+        {"kind": "ServiceAccount", "name": "readiness-gate-sidecar-gate", "namespace": "shop"}
+    ]
+    without_rbac = documents(helm.template(rbac__podLogs="true", rbac__create="false"))
+    assert not by_kind(without_rbac, "Role")
+
+
+def test_a_log_check_of_a_containers_output_renders_without_a_path(helm: Helm) -> None:
+    check = '{"kind": "log", "container": "app", "pattern": "Server startup in"}'
+    docs = documents(helm.template(example__enabled="true", checks__APP=check))
+    env = stub_env(sidecar_of(pod_spec(docs))[0])
+    assert "CHECK_APP_PATH" not in env
+    (spec,) = load_settings(env, require_api=False).checks
+    assert spec.params.output_of == "app"  # type: ignore[union-attr]
+
+
 def test_the_gate_defaults_in_values_yaml_are_the_agents_own(helm: Helm) -> None:
     """values.yaml spells the agent's defaults out; rendering them changes nothing."""
     docs = documents(
@@ -378,6 +406,10 @@ BAD_VALUES: dict[str, dict[str, str]] = {
     "bad pull policy": {"image__pullPolicy": '"Sometimes"'},
     "bad digest": {"image__digest": '"latest"'},
     "policy flag as a string": {"admissionPolicy__enabled": '"true"'},
+    "pod logs flag as a string": {"rbac__podLogs": '"true"'},
+    "log check without path or container": {
+        "checks__APP": '{"kind": "log", "pattern": "Server startup in"}'
+    },
     "example without checks": {"example__enabled": "true"},
     "existing account without a name": {"serviceAccount__create": "false"},
 }

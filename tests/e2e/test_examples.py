@@ -217,7 +217,15 @@ def closing() -> Iterator[list[FakeRedis | StatusPage]]:
 
 
 def test_every_example_is_exercised_here() -> None:
-    assert EXAMPLES == ["heartbeat-file", "log-java", "multi-gate", "probe-only", "tcp-banner"]
+    # log-stdout needs a real kubelet (container logs): tests/node/test_log_stdout.py runs it.
+    assert EXAMPLES == [
+        "heartbeat-file",
+        "log-java",
+        "log-stdout",
+        "multi-gate",
+        "probe-only",
+        "tcp-banner",
+    ]
 
 
 @pytest.mark.parametrize("name", EXAMPLES)

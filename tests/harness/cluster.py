@@ -324,7 +324,7 @@ class ControlPlane:
         )  # fmt: skip
 
     def _audit_policy(self) -> Path:
-        """Log only pod, pod-status and event requests: enough to count an agent's API calls."""
+        """Log only pod (status, log) and event requests: enough to count an agent's API calls."""
         path = self.workdir / "audit-policy.yaml"
         path.write_text(
             """apiVersion: audit.k8s.io/v1
@@ -334,7 +334,7 @@ rules:
 - level: Metadata
   resources:
   - group: ""
-    resources: ["pods", "pods/status", "events"]
+    resources: ["pods", "pods/status", "pods/log", "events"]
   - group: "events.k8s.io"
     resources: ["events"]
 - level: None

@@ -49,6 +49,8 @@ from tests.harness.nodebuild import CNI_BIN_DIR, RUNC, NodeBinaries, ensure_node
 NODE_NAME = "real-node-0"
 KUBELET_PORT = 10350
 KUBELET_HEALTHZ_PORT = 10348
+#: The kubelet rotates a container's log once it is this big (checked every 3 s).
+CONTAINER_LOG_MAX_SIZE = "1Mi"
 POD_SUBNET = "10.244.0.0/24"
 SERVICE_IP = (
     "10.96.0.1"  # the `kubernetes` Service: the first address of --service-cluster-ip-range
@@ -514,6 +516,11 @@ disabled_plugins = [
             "rotateCertificates": False,
             "serverTLSBootstrap": False,
             "shutdownGracePeriod": "0s",
+            # Small container logs, checked often: a test can make the kubelet rotate a log by
+            # writing a few MiB (the defaults are 10Mi and 10s).
+            "containerLogMaxSize": CONTAINER_LOG_MAX_SIZE,
+            "containerLogMaxFiles": 3,
+            "containerLogMonitorInterval": "3s",
         }
         path = self.workdir / "kubelet.json"
         path.write_text(json.dumps(config, indent=2) + "\n")

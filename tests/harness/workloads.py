@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # agent.py imports this module
 GATE = "example.com/legacy-ready"
 RBAC_DIR = Path(__file__).resolve().parents[2] / "examples" / "rbac"
 AGENT_RBAC_MANIFEST = RBAC_DIR / "agent-rbac.yaml"
+POD_LOGS_RBAC_MANIFEST = AGENT_RBAC_MANIFEST.with_name("pod-logs-rbac.yaml")
 POLICY_MANIFEST = RBAC_DIR / "validating-admission-policy.yaml"
 # The ServiceAccount name the shipped manifests use, and that the admission policy recognises.
 AGENT_SA = "readiness-gate-sidecar"
@@ -217,6 +218,16 @@ def create_agent_rbac(client: KubeClient, namespace: str, name: str = AGENT_SA) 
         assert "namespace" not in body["metadata"], "shipped RBAC manifests must be namespace-free"
         body["metadata"]["namespace"] = namespace
         client.post(_collection(body["kind"], namespace), body)
+
+
+def create_pod_logs_rbac(client: KubeClient, namespace: str) -> None:
+    """Apply examples/rbac/pod-logs-rbac.yaml (get pods/log for the agent) in ``namespace``."""
+    for manifest in _load_yaml(POD_LOGS_RBAC_MANIFEST):
+        assert "namespace" not in manifest["metadata"], (
+            "shipped RBAC manifests must be namespace-free"
+        )
+        manifest["metadata"]["namespace"] = namespace
+        client.post(_collection(manifest["kind"], namespace), manifest)
 
 
 def install_admission_policy(plane: ControlPlane, *, timeout: float = 30) -> None:

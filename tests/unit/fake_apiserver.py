@@ -13,6 +13,14 @@ A real aiohttp server on 127.0.0.1 that serves the requests the agent makes:
   patch omits kept, ``lastTransitionTime`` never set by the server); ``metadata.uid`` is a
   precondition (409 when it differs, with the real server's message)
 - ``POST /api/v1/namespaces/{ns}/events``, ``PATCH /api/v1/namespaces/{ns}/events/{name}``
+- ``GET /api/v1/namespaces/{ns}/pods/{name}/log?container=...``, as the API server and the
+  kubelet serve it: each line prefixed with its RFC 3339 timestamp (nine fractional digits) with
+  ``timestamps=true``; ``sinceTime`` honoured in whole seconds (the API server passes it on to
+  the kubelet without fractions), ``tailLines``; ``follow=true`` streams the lines of the current
+  instance of the container as they are logged (``log``) until it exits (``restart_container``:
+  a new instance, whose log the next request gets), ``end_log_streams`` (the log rotated, the
+  kubelet restarted) or forever; ``logs_hang`` makes streams go silent. A container without an
+  instance yet answers 400 "waiting to start", like the kubelet.
 
 Every change of the Pod (a status patch, ``set_condition``, ``set_container``, ``replace_pod``,
 ``delete_pod``) gets a new resourceVersion and is sent to the open watches.
@@ -28,9 +36,11 @@ other bearer token. ``stop()`` closes the listener and every connection (connect
 from __future__ import annotations
 
 import asyncio
+import calendar
 import copy
 import itertools
 import json
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -49,6 +59,7 @@ class Route(StrEnum):
     PATCH = "patch"  # PATCH the Pod's status
     EVENT = "event"  # POST an Event
     EVENT_PATCH = "event_patch"  # PATCH an Event (count, lastTimestamp)
+    LOG = "log"  # GET a container's log
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -158,6 +169,11 @@ class FakeApiServer:
         self._end_watches = asyncio.Event()
         self.watches_hang = False
         self.open_watches = 0
+        self.container_logs: dict[str, list[list[tuple[int, bytes]]]] = {}  # instances' lines
+        self._log_change = asyncio.Event()
+        self._end_logs = asyncio.Event()
+        self.logs_hang = False
+        self.open_logs = 0
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -170,6 +186,7 @@ class FakeApiServer:
         app = web.Application()
         base = "/api/v1/namespaces/{namespace}"
         app.router.add_get(base + "/pods/{name}", self._get)
+        app.router.add_get(base + "/pods/{name}/log", self._log)
         app.router.add_get(base + "/pods", self._watch)
         app.router.add_patch(base + "/pods/{name}/status", self._patch)
         app.router.add_post(base + "/events", self._event)
@@ -190,10 +207,12 @@ class FakeApiServer:
             return
         self._release.set()
         self._end_watches.set()
+        self._end_logs.set()
         runner, self._runner = self._runner, None
         await runner.cleanup()
         self._release = asyncio.Event()
         self._end_watches = asyncio.Event()
+        self._end_logs = asyncio.Event()
 
     # --- scripting ---------------------------------------------------------------------------
 
@@ -297,6 +316,35 @@ class FakeApiServer:
         conditions: list[JSON] = self.pod["status"].setdefault("conditions", [])
         return conditions
 
+    # --- container logs -----------------------------------------------------------------------
+
+    def log(self, container: str, *lines: str | bytes, at: float | None = None) -> list[str]:
+        """The current instance of ``container`` writes ``lines`` (stamped ``at``, default now,
+        one nanosecond apart); returns their timestamps as served."""
+        instances = self.container_logs.setdefault(container, [[]])
+        base = round((time.time() if at is None else at) * NS)
+        stamps = []
+        for index, line in enumerate(lines):
+            ns = base + index
+            instances[-1].append((ns, line.encode() if isinstance(line, str) else line))
+            stamps.append(log_stamp(ns))
+        self._log_changed()
+        return stamps
+
+    def restart_container(self, container: str) -> None:
+        """The current instance exits (its follow streams end) and a new one starts."""
+        self.container_logs.setdefault(container, []).append([])
+        self._log_changed()
+
+    def end_log_streams(self) -> None:
+        """End every open log stream, as a rotation (older kubelets) or a kubelet restart does."""
+        self._end_logs.set()
+        self._end_logs = asyncio.Event()
+
+    def _log_changed(self) -> None:
+        self._log_change.set()
+        self._log_change = asyncio.Event()
+
     # --- what happened -----------------------------------------------------------------------
 
     def of(self, route: Route | None = None) -> list[Recorded]:
@@ -333,6 +381,73 @@ class FakeApiServer:
     async def _event_patch(self, request: web.Request) -> web.StreamResponse:
         record = await self._record(request, Route.EVENT_PATCH)
         return await self._answer(request, record, self._serve_event_patch)
+
+    async def _log(self, request: web.Request) -> web.StreamResponse:
+        record = await self._record(request, Route.LOG)
+        answer = await self._answer(request, record, self._check_log)
+        if answer.status != 200:
+            return answer
+        return await self._stream_log(request)
+
+    def _check_log(self, request: web.Request, record: Recorded) -> web.Response:
+        container = request.query.get("container", "")
+        assert self.pod is not None
+        names = [c["name"] for c in self.pod["spec"]["containers"]]
+        if container not in names:
+            return self._error(400, f"container {container} is not valid for pod {self.name}")
+        accept = request.headers.get("Accept", "*/*")
+        if not any(t in accept for t in ("*/*", "application/json")):  # as the API server
+            return self._error(
+                406,
+                "only the following media types are accepted: application/json, "
+                "application/yaml, application/vnd.kubernetes.protobuf",
+            )
+        if not self.container_logs.get(container):
+            return self._error(
+                400,
+                f'container "{container}" in pod "{self.name}" is waiting to start: '
+                "ContainerCreating",
+            )
+        return web.Response(status=200)
+
+    async def _stream_log(self, request: web.Request) -> web.StreamResponse:
+        query = request.query
+        instances = self.container_logs[query["container"]]
+        instance, current = instances[-1], len(instances)
+        follow = query.get("follow") in ("true", "True", "1")
+        stamped = query.get("timestamps") in ("true", "True", "1")
+        since_time = query.get("sinceTime")
+        since = _whole_seconds(since_time) * NS if since_time else 0
+        sent = max(0, len(instance) - int(query["tailLines"])) if "tailLines" in query else 0
+        response = web.StreamResponse()
+        response.content_type = "text/plain"
+        await response.prepare(request)
+        self.open_logs += 1
+        end = self._end_logs
+        try:
+            while not end.is_set():
+                while sent < len(instance) and not self.logs_hang:
+                    ns, text = instance[sent]
+                    sent += 1
+                    if ns >= since:
+                        prefix = log_stamp(ns).encode() + b" " if stamped else b""
+                        await response.write(prefix + text + b"\n")
+                if (
+                    not follow or len(instances) > current
+                ):  # read to the end, or the instance exited
+                    break
+                change = self._log_change
+                waiters = [asyncio.ensure_future(e.wait()) for e in (change, end)]
+                try:
+                    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for waiter in waiters:
+                        waiter.cancel()
+        except ConnectionResetError:
+            pass
+        finally:
+            self.open_logs -= 1
+        return response
 
     async def _watch(self, request: web.Request) -> web.StreamResponse:
         record = await self._record(request, Route.WATCH)
@@ -498,6 +613,26 @@ class FakeApiServer:
         event["metadata"] = meta
         self.events.append(event)
         return web.json_response(event, status=201)
+
+
+NS = 1_000_000_000
+
+
+def log_stamp(ns: int) -> str:
+    """The kubelet's timestamp of a log line (RFC3339NanoFixed, UTC)."""
+    seconds, fraction = divmod(ns, NS)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{fraction:09d}Z"
+
+
+def _whole_seconds(rfc3339: str) -> int:
+    """What the API server keeps of ``sinceTime``: the whole seconds (fractions are accepted)."""
+    whole = rfc3339[:19]
+    seconds = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
+    zone = rfc3339[19:].lstrip(".0123456789")
+    if zone not in ("Z", ""):
+        sign = -1 if zone[0] == "-" else 1
+        seconds -= sign * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
+    return seconds
 
 
 async def _send(response: web.StreamResponse, kind: str, obj: JSON) -> None:

@@ -138,7 +138,7 @@ def test_check_probes_a_check_that_is_still_reading_again_until_it_decides(
 ) -> None:
     checks: list[FakeCheck] = []
 
-    def build(spec: CheckSpec, clock: Clock) -> FakeCheck:
+    def build(spec: CheckSpec, clock: Clock, **_: object) -> FakeCheck:
         reading = Inconclusive("still reading: 1 of 3 MiB")
         script: list[Step] = [reading, reading, (True, "seen")]
         checks.append(FakeCheck(spec, clock, script))

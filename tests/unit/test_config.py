@@ -245,6 +245,38 @@ def test_log_check_parameters() -> None:
     assert check.label == "log APP"
 
 
+def test_a_log_check_without_a_path_follows_the_output_of_its_container() -> None:
+    check = only_check({**without(LOG, "CHECK_APP_PATH"), "CHECK_APP_CONTAINER": "tomcat"})
+
+    assert check.params == LogParams(path=None, pattern=re.compile("started"), output_of="tomcat")
+    assert isinstance(check.params, LogParams)
+    assert check.params.follows_output
+    assert check.container == "tomcat"
+
+
+def test_a_log_check_with_a_path_and_a_container_reads_the_file() -> None:
+    check = only_check({**LOG, "CHECK_APP_CONTAINER": "tomcat"})
+
+    assert isinstance(check.params, LogParams)
+    assert check.params.path == Path("/logs/app.log")
+    assert not check.params.follows_output
+
+
+def test_a_log_check_needs_a_path_or_a_container() -> None:
+    (problem,) = problems(without(LOG, "CHECK_APP_PATH"))
+
+    assert problem.startswith("CHECK_APP_PATH: required for log checks: the log file; or")
+    assert "set CHECK_APP_CONTAINER to follow that container's output" in problem
+
+
+def test_a_containers_output_is_not_read_in_probe_only_mode() -> None:
+    env = {**without(LOG, "CHECK_APP_PATH"), "CHECK_APP_CONTAINER": "app", "GATE_WRITE": "false"}
+
+    (problem,) = problems(env)
+    assert problem.startswith("CHECK_APP_CONTAINER: without CHECK_APP_PATH the check follows")
+    assert "probe-only mode (GATE_WRITE=false) does not use" in problem
+
+
 @pytest.mark.parametrize(
     ("address", "host", "port", "unix_path"),
     [

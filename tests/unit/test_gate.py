@@ -23,7 +23,8 @@ from sidecar.api import (
     USER_AGENT,
     build_configuration,
 )
-from sidecar.apihealth import ApiHealth, Backoff
+from sidecar.apihealth import ApiHealth
+from sidecar.backoff import Backoff
 from sidecar.conditions import timestamp
 from sidecar.config import ApiAccess
 from sidecar.results import CheckState

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from sidecar.api import ApiResponse, WatchEvent
+from sidecar.api import ApiResponse, LogLines, WatchEvent
 from sidecar.config import Settings, load_settings
 from sidecar.runtime import Agent
 
@@ -321,6 +321,17 @@ class FakePodApi:
 
     async def patch_event(self, name: str, patch: JSON) -> ApiResponse:
         return ApiResponse(status=200, body={"metadata": {"name": name}})
+
+    async def read_log(
+        self,
+        container: str,
+        *,
+        since: str | None,
+        tail_lines: int | None,
+        follow: bool,
+        inactivity: float,
+    ) -> tuple[ApiResponse, LogLines | None]:
+        return ApiResponse(status=404, message="no logs here"), None
 
     async def reload_credentials(self) -> None:
         return None

@@ -98,11 +98,13 @@ def test_scanner_says_nothing_about_a_block_without_matches() -> None:
     assert scanner().scan(block("noise", "more noise")) is None
 
 
-def test_scanner_reports_the_latest_verdict_and_its_line() -> None:
+def test_scanner_reports_the_latest_verdict_its_line_and_where_the_line_begins() -> None:
     assert scanner().scan(block("READY 1", "FAIL 2", "noise")) == Found(
-        kind=MatchKind.FAIL, line="FAIL 2"
+        kind=MatchKind.FAIL, line="FAIL 2", offset=8
     )
-    assert scanner().scan(block("FAIL 1", "READY 2")) == Found(kind=MatchKind.READY, line="READY 2")
+    assert scanner().scan(block("FAIL 1", "READY 2")) == Found(
+        kind=MatchKind.READY, line="READY 2", offset=7
+    )
 
 
 def test_fail_wins_over_ready_on_one_line() -> None:
@@ -116,7 +118,7 @@ def test_a_start_line_forgets_what_came_before_it() -> None:
         kind=None, restarted=True
     )
     assert scanner().scan(block("FAIL", "STARTING", "READY now")) == Found(
-        kind=MatchKind.READY, line="READY now", restarted=True
+        kind=MatchKind.READY, line="READY now", offset=14, restarted=True
     )
 
 
@@ -127,10 +129,10 @@ def test_only_the_latest_start_line_counts() -> None:
 
 def test_a_line_matching_start_and_a_verdict_counts_as_the_verdict() -> None:
     assert scanner().scan(block("FAIL", "STARTING READY")) == Found(
-        kind=MatchKind.READY, line="STARTING READY", restarted=True
+        kind=MatchKind.READY, line="STARTING READY", offset=5, restarted=True
     )
     assert scanner().scan(block("READY", "STARTING READY FAIL")) == Found(
-        kind=MatchKind.FAIL, line="STARTING READY FAIL", restarted=True
+        kind=MatchKind.FAIL, line="STARTING READY FAIL", offset=6, restarted=True
     )
 
 
