@@ -61,9 +61,21 @@ class Binaries:
         return self.directory / name
 
 
+#: Where the hollow node and the real node mount a private tmpfs: a cache there is hidden from them.
+MASKED_BY_NODES = (Path("/tmp"), Path("/run"), Path("/var/lib"), Path("/var/log"))
+
+
 def cache_root() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "readiness-gate-sidecar"
+    root = Path(base).resolve() / "readiness-gate-sidecar"
+    for masked in MASKED_BY_NODES:
+        if root.is_relative_to(masked):
+            raise BuildError(
+                f"the harness cache {root} is under {masked}, which the hollow node and the real "
+                f"node replace with a private tmpfs (their binaries and kubeconfigs would vanish): "
+                f"set XDG_CACHE_HOME to a directory outside {', '.join(map(str, MASKED_BY_NODES))}"
+            )
+    return root
 
 
 def module_version(gomod_dir: Path, module: str) -> str:
