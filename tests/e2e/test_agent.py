@@ -170,8 +170,8 @@ def test_condition_type_is_taken_from_the_pods_only_readiness_gate(
     tmp_path: Path,
 ) -> None:
     marker = tmp_path / "ready"
-    marker.touch()
     pod = make_pod(gates=["example.com/only-gate"])
+    marker.touch()  # after the container started (older evidence does not count)
     agent = start_agent(pod, CHECK_M_KIND="file", CHECK_M_PATH=str(marker), **FAST)
     wait_gate(admin, pod, "True", agent, gate="example.com/only-gate")
     wait_ready(admin, pod, "True")
@@ -285,8 +285,8 @@ def test_undeclared_gate_is_reported_and_never_written(
     tmp_path: Path,
 ) -> None:
     marker = tmp_path / "ready"
-    marker.touch()
     pod = make_pod(gates=["example.com/something-else"])
+    marker.touch()  # after the container started (older evidence does not count)
     agent = start_agent(
         pod, GATE_CONDITION_TYPE=GATE, CHECK_A_KIND="file", CHECK_A_PATH=str(marker), **FAST
     )

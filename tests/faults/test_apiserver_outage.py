@@ -85,8 +85,8 @@ def test_outage_backoff_logs_once_and_the_latest_state_wins_after_recovery(
     record: Record,
 ) -> None:
     marker = tmp_path / "ready"
-    marker.touch()
     pod = make_pod()
+    marker.touch()  # after the container started (older evidence does not count)
     agent = start_agent(pod, CHECK_APP_KIND="file", CHECK_APP_PATH=str(marker), **FAST)
     wait_gate(admin, pod, "True", agent, reason="ChecksPassed")
     patches_before = metric(agent, "readiness_gate_api_requests_total", verb="patch")

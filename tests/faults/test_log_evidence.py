@@ -57,8 +57,9 @@ def test_an_agent_restart_on_a_big_log_keeps_the_gate_true_while_it_reads(
 ) -> None:
     log = tmp_path / "logs" / "app.log"
     log.parent.mkdir()
-    log.write_text("Starting Servlet engine\n" + READY)
     pod = make_pod()
+    # written after the container started (older evidence would not count)
+    log.write_text("Starting Servlet engine\n" + READY)
     env = {
         "GATE_CONDITION_TYPE": GATE,
         "CHECK_APP_KIND": "log",

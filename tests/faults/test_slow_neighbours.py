@@ -111,9 +111,9 @@ def test_hung_name_lookups_delay_no_other_check_and_never_the_exit(
     tmp_path: Path,
     record: Record,
 ) -> None:
-    log = tmp_path / "app.log"
-    log.write_text("Server startup in 1234 ms\n")
     pod = make_pod(gates=[LOG_GATE, DNS_GATE])
+    log = tmp_path / "app.log"  # written by the app after its container started
+    log.write_text("Server startup in 1234 ms\n")
     checks: dict[str, str] = {
         "CHECK_LOG_KIND": "log",
         "CHECK_LOG_PATH": str(log),

@@ -65,8 +65,8 @@ def test_rotated_token_is_picked_up_without_a_restart_after_the_old_one_is_revok
     record: Record,
 ) -> None:
     marker = tmp_path / "ready"
-    marker.touch()
     pod = make_pod()
+    marker.touch()  # after the container started (older evidence does not count)
     token_dir = tmp_path / "serviceaccount"
     old = _project_token(control_plane, pod, token_dir)
     agent = start_agent(
