@@ -45,6 +45,7 @@ from tests.harness.workloads import (
     AGENT_RBAC_MANIFEST,
     AGENT_SA,
     PodRef,
+    containers_running,
     endpoint_ready,
     wait_gate,
     wait_ready,
@@ -149,13 +150,11 @@ def _run_example(
     names = [pod["metadata"]["name"] for pod in pods]
 
     def running() -> bool:
-        # The hollow kubelet's fake runtime runs every container and reports it ready at once.
-        return all(
-            condition_status(admin.pod(namespace, name), "ContainersReady") == "True"
-            for name in names
-        )
+        # The hollow kubelet's fake runtime runs every container and reports it ready at once;
+        # the agent then sees its app container running (not ContainerNotRunning).
+        return all(containers_running(admin.pod(namespace, name)) for name in names)
 
-    wait_for(f"{', '.join(names)}: ContainersReady", running, timeout=60)
+    wait_for(f"{', '.join(names)}: containers running", running, timeout=60)
     return [admin.pod(namespace, name) for name in names]
 
 

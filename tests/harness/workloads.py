@@ -126,13 +126,13 @@ def create_pod(
     if wait_running:
         wait_for(
             f"pod {namespace}/{name} to run with ContainersReady",
-            lambda: _running(client.pod(namespace, name)),
+            lambda: containers_running(client.pod(namespace, name)),
             timeout=60,
         )
     return ref
 
 
-def _running(pod: JSON) -> bool:
+def containers_running(pod: JSON) -> bool:
     """The kubelet's status write that starts the containers is done.
 
     The hollow kubelet reports ContainersReady True one status write before phase Running and
