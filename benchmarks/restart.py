@@ -28,12 +28,12 @@ from typing import TextIO
 
 from benchmarks.cluster import Observer
 from benchmarks.common import JSON, summary
+from benchmarks.nodepods import APP, app_and_agent_pod
 from tests.harness.cluster import ControlPlane
 from tests.harness.kube import ApiError, condition_status, wait_for
-from tests.harness.node import NODE_NAME, RealNode
-from tests.harness.workloads import AGENT_SA, GATE
+from tests.harness.node import RealNode
+from tests.harness.workloads import GATE
 
-APP = "app"
 SCRIPT = "trap 'exit 0' TERM; sleep 2; touch /shared/ready; while :; do sleep 1; done"
 
 
@@ -81,54 +81,15 @@ class RestartObserver(Observer):
 
 
 def pod_manifest(node: RealNode, name: str) -> JSON:
-    field_env = [
-        {"name": var, "valueFrom": {"fieldRef": {"fieldPath": path}}}
-        for var, path in (("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace"),
-                          ("POD_UID", "metadata.uid"))
-    ]  # fmt: skip
-    env = field_env + [
-        {"name": k, "value": v}
-        for k, v in {
-            "GATE_CONDITION_TYPE": GATE,
-            "GATE_EVENTS": "false",
-            "CHECK_APP_KIND": "file",
-            "CHECK_APP_PATH": "/shared/ready",
-        }.items()
-    ]
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": {"bench": "restart"}},
-        "spec": {
-            "nodeName": NODE_NAME,
-            "serviceAccountName": AGENT_SA,
-            "readinessGates": [{"conditionType": GATE}],
-            "terminationGracePeriodSeconds": 5,
-            "volumes": [{"name": "shared", "emptyDir": {}}],
-            "containers": [
-                {
-                    "name": APP,
-                    "image": node.images.redis.name,
-                    "imagePullPolicy": "Never",
-                    "command": ["/bin/sh", "-c", SCRIPT],
-                    "volumeMounts": [{"name": "shared", "mountPath": "/shared"}],
-                },
-                {
-                    "name": "readiness-gate",
-                    "image": node.images.agent.name,
-                    "imagePullPolicy": "Never",
-                    "env": env,
-                    "volumeMounts": [{"name": "shared", "mountPath": "/shared", "readOnly": True}],
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "readOnlyRootFilesystem": True,
-                        "allowPrivilegeEscalation": False,
-                        "capabilities": {"drop": ["ALL"]},
-                    },
-                },
-            ],
-        },
+    settings = {
+        "GATE_CONDITION_TYPE": GATE,
+        "GATE_EVENTS": "false",
+        "CHECK_APP_KIND": "file",
+        "CHECK_APP_PATH": "/shared/ready",
     }
+    return app_and_agent_pod(
+        node, name, bench="restart", gate=GATE, script=SCRIPT, settings=settings
+    )
 
 
 class RestartBench:

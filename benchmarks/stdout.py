@@ -26,12 +26,12 @@ from typing import TextIO
 
 from benchmarks.cluster import Observer
 from benchmarks.common import JSON, summary
+from benchmarks.nodepods import APP, app_and_agent_pod
 from tests.harness.cluster import ControlPlane
 from tests.harness.kube import ApiError, condition_status, wait_for
-from tests.harness.node import NODE_NAME, RealNode
-from tests.harness.workloads import AGENT_SA, create_pod_logs_rbac
+from tests.harness.node import RealNode
+from tests.harness.workloads import create_pod_logs_rbac
 
-APP = "app"
 OUT_GATE = "example.com/stdout-ready"
 FILE_GATE = "example.com/file-ready"
 GATES = (OUT_GATE, FILE_GATE)
@@ -67,11 +67,6 @@ class GatesObserver(Observer):
 
 
 def pod_manifest(node: RealNode, name: str, gate: str) -> JSON:
-    field_env = [
-        {"name": var, "valueFrom": {"fieldRef": {"fieldPath": path}}}
-        for var, path in (("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace"),
-                          ("POD_UID", "metadata.uid"))
-    ]  # fmt: skip
     settings = {
         "GATE_EVENTS": "false",
         "CHECK_APP_KIND": "log",
@@ -83,41 +78,9 @@ def pod_manifest(node: RealNode, name: str, gate: str) -> JSON:
     }
     if gate == FILE_GATE:
         settings["CHECK_APP_PATH"] = "/shared/app.log"
-    env = field_env + [{"name": k, "value": v} for k, v in settings.items()]
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": {"bench": "stdout"}},
-        "spec": {
-            "nodeName": NODE_NAME,
-            "serviceAccountName": AGENT_SA,
-            "readinessGates": [{"conditionType": gate}],
-            "terminationGracePeriodSeconds": 5,
-            "volumes": [{"name": "shared", "emptyDir": {}}],
-            "containers": [
-                {
-                    "name": APP,
-                    "image": node.images.redis.name,
-                    "imagePullPolicy": "Never",
-                    "command": ["/bin/sh", "-c", SCRIPT],
-                    "volumeMounts": [{"name": "shared", "mountPath": "/shared"}],
-                },
-                {
-                    "name": "readiness-gate",
-                    "image": node.images.agent.name,
-                    "imagePullPolicy": "Never",
-                    "env": env,
-                    "volumeMounts": [{"name": "shared", "mountPath": "/shared", "readOnly": True}],
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "readOnlyRootFilesystem": True,
-                        "allowPrivilegeEscalation": False,
-                        "capabilities": {"drop": ["ALL"]},
-                    },
-                },
-            ],
-        },
-    }
+    return app_and_agent_pod(
+        node, name, bench="stdout", gate=gate, script=SCRIPT, settings=settings
+    )
 
 
 class StdoutBench:
