@@ -13,7 +13,9 @@ from collections.abc import Iterator
 import pytest
 
 from tests.harness.cluster import ControlPlane
+from tests.harness.helm import Installer
 from tests.harness.node import RealNode
+from tests.harness.workloads import create_namespace, delete_namespace
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -33,3 +35,13 @@ def real_node(pytestconfig: pytest.Config, control_plane: ControlPlane) -> Itera
     finally:
         with capture.global_and_fixture_disabled():
             context.__exit__(None, None, None)
+
+
+@pytest.fixture
+def chart_namespace(control_plane: ControlPlane) -> Iterator[tuple[str, Installer]]:
+    """A namespace for one test's chart release, removed with what the installer applied."""
+    namespace = create_namespace(control_plane)
+    installer = Installer(control_plane)
+    yield namespace, installer
+    delete_namespace(control_plane, namespace)
+    installer.cleanup()

@@ -55,6 +55,19 @@ def tomcat_container(node: RealNode, *, log: str = "catalina.out") -> JSON:
     }
 
 
+def shell_app(node: RealNode, script: str) -> JSON:
+    """A container running ``script`` with /bin/sh (its output on stdout, /logs mounted); it
+    stops at once on SIGTERM."""
+    return {
+        "name": "app",
+        "image": node.images.redis.name,
+        "imagePullPolicy": "Never",
+        "command": ["/bin/sh", "-c", f"trap 'exit 0' TERM\n{script}"],
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "volumeMounts": [{"name": "logs", "mountPath": "/logs"}],
+    }
+
+
 def chart_values(*, native: bool, **overrides: Any) -> JSON:
     """Values for the chart's example workload on the real node, checking Tomcat's log."""
     values: JSON = {

@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from tests.harness.cluster import ControlPlane
 from tests.harness.helm import Helm, Installer
 from tests.harness.kube import JSON, condition, wait_for
 from tests.harness.node import RealNode
-from tests.harness.workloads import GATE, create_namespace, delete_namespace
+from tests.harness.workloads import GATE
 from tests.node.support import (
     REDIS_CHECK,
     SIDECAR,
@@ -43,15 +42,6 @@ from tests.node.support import (
 _STOP_LINE = re.compile(
     r'^time="([^"]+)".*msg="Stop container \\"([0-9a-f]+)\\" with signal terminated"'
 )
-
-
-@pytest.fixture
-def chart_namespace(control_plane: ControlPlane) -> Iterator[tuple[str, Installer]]:
-    namespace = create_namespace(control_plane)
-    installer = Installer(control_plane)
-    yield namespace, installer
-    delete_namespace(control_plane, namespace)
-    installer.cleanup()
 
 
 def test_a_restarted_app_container_turns_the_gate_false_until_it_is_ready_again(

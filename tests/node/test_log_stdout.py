@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import yaml
 
 from sidecar.podlogs import POD_LOGS_RULE
@@ -24,9 +22,7 @@ from tests.harness.node import NODE_NAME, RealNode
 from tests.harness.workloads import (
     GATE,
     create_agent_rbac,
-    create_namespace,
     create_pod_logs_rbac,
-    delete_namespace,
 )
 from tests.node.support import (
     SIDECAR,
@@ -39,6 +35,7 @@ from tests.node.support import (
     example_pod,
     pod_ref,
     render_example,
+    shell_app,
     tomcat_container,
 )
 
@@ -118,27 +115,6 @@ def test_the_log_stdout_example_follows_tomcats_stdout_and_its_restarted_instanc
 
 
 # --- the chart's sidecar beside a shell program ---------------------------------------------
-
-
-@pytest.fixture
-def chart_namespace(control_plane: ControlPlane) -> Iterator[tuple[str, Installer]]:
-    namespace = create_namespace(control_plane)
-    installer = Installer(control_plane)
-    yield namespace, installer
-    delete_namespace(control_plane, namespace)
-    installer.cleanup()
-
-
-def shell_app(node: RealNode, script: str) -> JSON:
-    """A container running ``script`` with /bin/sh, its output on stdout; it stops on SIGTERM."""
-    return {
-        "name": "app",
-        "image": node.images.redis.name,
-        "imagePullPolicy": "Never",
-        "command": ["/bin/sh", "-c", f"trap 'exit 0' TERM\n{script}"],
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
-        "volumeMounts": [{"name": "logs", "mountPath": "/logs"}],
-    }
 
 
 STDOUT_CHECK = {

@@ -11,16 +11,13 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.harness.cluster import ControlPlane
 from tests.harness.helm import Helm, Installer
 from tests.harness.kube import JSON, KubeClient, condition, wait_for
 from tests.harness.node import RealNode
-from tests.harness.workloads import GATE, create_namespace, delete_namespace
+from tests.harness.workloads import GATE
 from tests.node.support import (
     chart_values,
     container_id,
@@ -28,30 +25,10 @@ from tests.node.support import (
     example_pod,
     pod_ref,
     render_example,
+    shell_app,
 )
 
 READY_LINE = "Server startup in [12] milliseconds"
-
-
-def shell_app(node: RealNode, script: str) -> JSON:
-    """A container running ``script`` with /bin/sh; it stops at once on SIGTERM."""
-    return {
-        "name": "app",
-        "image": node.images.redis.name,
-        "imagePullPolicy": "Never",
-        "command": ["/bin/sh", "-c", f"trap 'exit 0' TERM\n{script}"],
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
-        "volumeMounts": [{"name": "logs", "mountPath": "/logs"}],
-    }
-
-
-@pytest.fixture
-def chart_namespace(control_plane: ControlPlane) -> Iterator[tuple[str, Installer]]:
-    namespace = create_namespace(control_plane)
-    installer = Installer(control_plane)
-    yield namespace, installer
-    delete_namespace(control_plane, namespace)
-    installer.cleanup()
 
 
 def _deploy(
